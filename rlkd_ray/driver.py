@@ -1,0 +1,250 @@
+"""The single controller. It reads like DESIGN.md's data-flow diagram:
+
+    PromptSource ─► RolloutPool ─(each finished group)─► RewardPool ─► Batcher ─► Learner
+         ▲                                                                          │
+         └──────────────────────── WeightSync (version v+1) ◄──────────────────────┘
+
+Every remote call is an event in one `ray.wait` loop: a finished rollout goes at once to the
+least-loaded reward worker (by reference: the driver never pulls the rollout), a scored group joins
+the batch of its step, a full batch goes to the learner, its result is published to the rollout
+workers as version v+1. `trainer.max_staleness` bounds how far rollouts may run ahead of the learner.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import ray
+import torch
+from ray.exceptions import RayActorError
+
+from rlkd_ray import checkpointing
+from rlkd_ray.algo.advantages import group_advantages
+from rlkd_ray.batching import build_batch
+from rlkd_ray.config import RLKDConfig, to_yaml
+from rlkd_ray.metrics import MetricsWriter, batch_metrics
+from rlkd_ray.pools import LearnerGroup, WorkerPool
+from rlkd_ray.progress import StepProgress
+from rlkd_ray.prompt_source import PromptSource
+from rlkd_ray.samples import PromptGroup
+
+
+@dataclass
+class _Event:
+    kind: str  # rollout | reward | train | load
+    payload: Any = None
+    wid: Optional[int] = None
+    started: float = 0.0
+
+
+class Trainer:
+    """`with Trainer(cfg) as t: summary = t.run()`; leaving the block shuts every actor down."""
+
+    def __init__(self, cfg: RLKDConfig):
+        from actors.learner import Learner
+        from actors.reward import RewardWorker
+        from actors.rollout import RolloutWorker
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.paths.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.source = PromptSource(cfg)
+        r, w = cfg.rollout, cfg.reward
+        self.rollouts = WorkerPool("rollout", lambda i: RolloutWorker.options(
+            num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(cfg, i), r.num_workers)
+        self.rewards = WorkerPool("reward", lambda i: RewardWorker.options(
+            num_cpus=w.num_cpus, num_gpus=w.num_gpus).remote(cfg, i), w.num_workers)
+        self.learner = LearnerGroup(Learner, cfg)
+        self.writer = MetricsWriter(self.run_dir, cfg.logging)
+        self.step = 0  # optimizer steps done
+        self.version = 0  # policy version of the learner's weights (= steps done)
+        self.synced = 0  # newest version whose load was sent to every rollout worker
+        self.weights: Optional[List[ray.ObjectRef]] = None  # [ref] of the newest published weights
+        self.events: Dict[ray.ObjectRef, _Event] = {}
+        self.batches: Dict[int, Dict[str, PromptGroup]] = defaultdict(dict)  # step -> uid -> group
+        self.faults = {"rollout_resent": 0, "reward_resent": 0}
+        self.pending_sync_time = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.rollouts.shutdown()
+        self.rewards.shutdown()
+        self.learner.shutdown()
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        if cfg.trainer.resume:
+            self.resume()
+        next_group = self.step * cfg.trainer.prompts_per_step
+        progress = StepProgress(cfg.trainer.total_steps, self.step, enabled=cfg.logging.progress)
+        step_started = time.perf_counter()
+        last: Dict[str, float] = {}
+        while self.step < cfg.trainer.total_steps:
+            next_group = self.dispatch_rollouts(next_group)
+            self.maybe_train()
+            ready, _ = ray.wait(list(self.events), num_returns=1)
+            event = self.events.pop(ready[0])
+            if event.kind == "rollout":
+                self.on_rollout(ready[0], event)
+            elif event.kind == "reward":
+                self.on_reward(ready[0], event)
+            elif event.kind == "load":
+                self.pending_sync_time += ray.get(ready[0])
+            elif event.kind == "train":
+                last = self.on_train(ready[0], event, step_started)
+                step_started = time.perf_counter()
+                progress.update(last)
+        for ref in [r for r, e in self.events.items() if e.kind == "load"]:
+            ray.get(ref)
+        progress.close()
+        if self.step % cfg.trainer.save_every:  # the final state, unless just saved
+            self.save()
+        return {"steps": self.step, "version": self.version, "run_dir": str(self.run_dir),
+                "checkpoint": str(checkpointing.latest_checkpoint(self.run_dir)), "last": last}
+
+    def dispatch_rollouts(self, next_group: int) -> int:
+        """Send prompt groups whose step is within `max_staleness` versions of the synced weights."""
+        cfg = self.cfg.trainer
+        while True:
+            step = next_group // cfg.prompts_per_step
+            if step >= cfg.total_steps or step > self.synced + cfg.max_staleness:
+                return next_group
+            group = self.source.group(step, next_group % cfg.prompts_per_step)
+            self.send_rollout(group)
+            next_group += 1
+
+    def send_rollout(self, group: PromptGroup) -> None:
+        (summary, result), wid = self.rollouts.submit("generate", group)
+        self.events[summary] = _Event("rollout", (group, result), wid, time.perf_counter())
+
+    def on_rollout(self, ref: ray.ObjectRef, event: _Event) -> None:
+        """The small summary tells success; the group itself goes to a reward worker by reference."""
+        self.rollouts.done(ref)
+        group, result = event.payload
+        try:
+            ray.get(ref)
+        except RayActorError:
+            self.replace_rollout_worker(event.wid)
+            self.faults["rollout_resent"] += 1
+            self.send_rollout(group)
+            return
+        self.send_reward(group, result)
+
+    def replace_rollout_worker(self, wid: int) -> None:
+        """A new rollout worker loads the current weights before it generates (actor call order)."""
+        new = self.rollouts.replace(wid)
+        if new is not None and self.weights is not None:
+            self.rollouts.workers[new].load_weights.remote(self.synced, self.weights)
+
+    def send_reward(self, group: PromptGroup, result: ray.ObjectRef) -> None:
+        ref, wid = self.rewards.submit("score", result)
+        self.events[ref] = _Event("reward", (group, result), wid, time.perf_counter())
+
+    def on_reward(self, ref: ray.ObjectRef, event: _Event) -> None:
+        self.rewards.done(ref)
+        try:
+            group: PromptGroup = ray.get(ref)
+        except RayActorError:  # the rollout result is still in the object store: score it again
+            self.rewards.replace(event.wid)
+            self.faults["reward_resent"] += 1
+            self.send_reward(*event.payload)
+            return
+        if len(group.samples) != self.cfg.rollout.group_size:
+            raise RuntimeError(f"group {group.uid}: {len(group.samples)} samples, "
+                               f"expected rollout.group_size={self.cfg.rollout.group_size}")
+        self.batches[group.step].setdefault(group.uid, group)  # a group counts once
+
+    # -- learner ---------------------------------------------------------------------------------
+    def maybe_train(self) -> None:
+        P = self.cfg.trainer.prompts_per_step
+        if any(e.kind == "train" for e in self.events.values()) or len(self.batches[self.step]) < P:
+            return
+        groups = [self.batches[self.step][uid] for uid in sorted(self.batches[self.step])]
+        rewards = torch.tensor([[s.total for s in g.samples] for g in groups], dtype=torch.float32)
+        advantages = group_advantages(rewards, self.cfg.algo.advantage, self.cfg.algo.std_eps)
+        for g, row in zip(groups, advantages.tolist()):
+            for s, a in zip(g.samples, row):
+                s.advantage = a
+        batch = build_batch(groups, pad_id=self.source.pad_id)
+        refs = self.learner.train_step(batch)
+        self.events[refs[0]] = _Event("train", (refs, groups), None, time.perf_counter())
+
+    def on_train(self, ref: ray.ObjectRef, event: _Event, step_started: float) -> Dict[str, float]:
+        refs, groups = event.payload
+        learner_metrics = self.learner.reduce_metrics(ray.get(refs))
+        train_time = time.perf_counter() - event.started
+        metrics = batch_metrics(groups, self.version)
+        del self.batches[self.step]
+        self.step += 1
+        self.version += 1
+        sync_time = self.sync_weights()
+        wall = time.perf_counter() - step_started
+        n_samples = sum(len(g.samples) for g in groups)
+        metrics.update({f"learner/{k}": v for k, v in learner_metrics.items()})
+        metrics.update({
+            "time/train": train_time, "time/sync": sync_time, "time/step": wall,
+            "time/rollout_idle": max(0.0, wall - metrics["time/generate"] / len(self.rollouts)),
+            "samples_per_s": n_samples / wall, "batch/groups": len(groups), "batch/samples": n_samples,
+            "batch/unique_groups": len({g.uid for g in groups}), "version": self.version,
+            "faults/rollout_resent": self.faults["rollout_resent"],
+            "faults/reward_resent": self.faults["reward_resent"],
+            "faults/workers_replaced": self.rollouts.replacements + self.rewards.replacements,
+        })
+        self.writer.log(self.step, metrics)
+        if self.step % self.cfg.trainer.sample_log_every == 0:
+            self.writer.log_samples(self.step, groups, self.cfg.trainer.num_logged_samples)
+        if self.step % self.cfg.trainer.save_every == 0:
+            self.save()
+        return metrics
+
+    def sync_weights(self) -> float:
+        """One bucketed transfer: the learner puts the full state once into the object store, every
+        rollout worker loads it. Strict on-policy waits for the loads; otherwise they are events and
+        their time is reported with the next step."""
+        start = time.perf_counter()
+        self.weights = self.learner.publish_weights()
+        loads = self.rollouts.call_all("load_weights", self.version, self.weights)
+        self.synced = self.version
+        if self.cfg.trainer.max_staleness == 0:
+            ray.get(loads)
+            return time.perf_counter() - start
+        for ref in loads:
+            self.events[ref] = _Event("load")
+        spent, self.pending_sync_time = self.pending_sync_time, 0.0
+        return time.perf_counter() - start + spent
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save(self) -> Path:
+        ckpt = checkpointing.step_dir(self.run_dir, self.step)
+        state = {"step": self.step, "version": self.version, "seed": self.cfg.trainer.seed,
+                 "data_position": self.step * self.cfg.trainer.prompts_per_step}
+        self.learner.save(str(ckpt), state)
+        checkpointing.write_state(ckpt, state)
+        return ckpt
+
+    def resume(self) -> None:
+        ckpt = checkpointing.latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            print(f"resume: no checkpoint under {self.run_dir}/checkpoints; starting from step 0")
+            return
+        state = checkpointing.read_state(ckpt)
+        self.learner.load(str(ckpt))
+        self.step, self.version = state["step"], state["version"]
+        self.weights = self.learner.publish_weights()
+        ray.get(self.rollouts.call_all("load_weights", self.version, self.weights))
+        self.synced = self.version
+        print(f"resume: {ckpt} (step {self.step}, policy version {self.version})")
+

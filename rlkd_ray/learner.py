@@ -1,0 +1,185 @@
+"""The policy learner of one data-parallel rank: a DeepSpeed engine over the student, a frozen
+reference for the KL term, the GRPO step over micro-batches, weight gathering, checkpoints.
+
+`actors/learner.py` wraps one `PolicyLearner` per rank in a Ray actor; the ranks of a group form one
+torch.distributed world (gloo on CPU, NCCL on GPUs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from rlkd_ray.algo.losses import entropy_from_logits, grpo_loss
+from rlkd_ray.batching import TrainBatch, micro_batches, shard
+from rlkd_ray.config import RLKDConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
+                   with_entropy: bool = False):
+    """log softmax(logits / T) of each token given its prefix, aligned to token positions
+    (position 0, which has no prefix, gets 0). The behaviour policy of the engines is the same."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    logp = torch.nn.functional.pad(logp, (1, 0))
+    if not with_entropy:
+        return logp, None
+    return logp, torch.nn.functional.pad(entropy_from_logits(logits), (1, 0))
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):
+    """Learning-rate multiplier: linear warmup over warmup_ratio·total_steps, then constant
+    (the paper's recipe) or cosine decay to 0."""
+    warmup = max(0, int(round(warmup_ratio * total_steps)))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "cosine":
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return f
+
+
+def deepspeed_config(cfg: RLKDConfig) -> dict:
+    rows = cfg.trainer.prompts_per_step * cfg.rollout.group_size
+    per_rank = rows // cfg.learner.world_size
+    return {
+        "train_batch_size": rows,
+        "train_micro_batch_size_per_gpu": cfg.learner.micro_batch_size,
+        "gradient_accumulation_steps": max(1, per_rank // cfg.learner.micro_batch_size),
+        "gradient_clipping": cfg.learner.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.learner.zero_stage},
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class PolicyLearner:
+    """One rank. Expects RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT in the environment."""
+
+    def __init__(self, cfg: RLKDConfig, student_path: str, reference_path: Optional[str] = None):
+        import deepspeed
+        import deepspeed.ops
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        self.rank = int(os.environ["RANK"])
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        on_gpu = torch.cuda.is_available() and cfg.learner.num_gpus > 0
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if on_gpu else "cpu")
+        if not on_gpu:
+            # DeepSpeed's optional shared-memory all-reduce compiles a C++ op for ~60-90 s on first use;
+            # gloo does the same all-reduce without it.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+        torch.manual_seed(cfg.trainer.seed)
+
+        dtype = DTYPES[cfg.model.dtype]
+        model = AutoModelForCausalLM.from_pretrained(student_path, dtype=dtype)
+        if cfg.learner.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.tokenizer = AutoTokenizer.from_pretrained(student_path)
+        optim = cfg.learner.optim
+        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                                      weight_decay=optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(cfg.trainer.total_steps, optim.warmup_ratio, optim.schedule))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))
+        self.reference = None
+        if cfg.algo.kl_beta > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(reference_path or student_path, dtype=dtype)
+            self.reference.to(self.device).eval().requires_grad_(False)
+
+    # -- the GRPO step -------------------------------------------------------------------------
+    def train_step(self, batch: TrainBatch) -> Dict[str, float]:
+        """One optimizer step over this rank's share of the global batch.
+
+        Each micro-batch loss is its token sum over the *global* token count; DeepSpeed divides by
+        the accumulation steps and averages over ranks, so both are multiplied back: the gradient
+        is that of the token-level mean over the whole batch, whatever the world size.
+        """
+        cfg, algo = self.cfg, self.cfg.algo
+        self.engine.train()
+        local = shard(batch, self.rank, self.world_size)
+        scale = self.engine.gradient_accumulation_steps() * self.world_size
+        sums: Dict[str, float] = {}
+        tokens = 0.0
+        for mb in micro_batches(local, cfg.learner.micro_batch_size):
+            mb = _to(mb, self.device)
+            logp, entropy = token_logprobs(self.engine, mb.input_ids, mb.attention_mask,
+                                           cfg.rollout.temperature, with_entropy=True)
+            ref_logp = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logp, _ = token_logprobs(self.reference, mb.input_ids, mb.attention_mask,
+                                                 cfg.rollout.temperature)
+            loss, metrics = grpo_loss(
+                logp, mb.old_logprobs, ref_logp, mb.advantages, mb.loss_mask,
+                clip_eps=algo.clip_eps, kl_beta=algo.kl_beta, kl_estimator=algo.kl_estimator,
+                entropy_coef=algo.entropy_coef,
+                entropy=entropy if algo.entropy_coef else entropy.detach(),
+                num_tokens=batch.num_tokens)
+            self.engine.backward(loss * scale)
+            self.engine.step()
+            n = float(mb.loss_mask.sum().item())
+            tokens += n
+            for k, v in metrics.items():  # token-weighted, so that ranks and micro-batches add up
+                sums[k] = sums.get(k, 0.0) + v * n
+        out = {f"{k}_sum": v for k, v in sums.items()}
+        out["tokens"] = tokens
+        out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        out["lr"] = float(self.engine.get_lr()[0])
+        return out
+
+    # -- weights and checkpoints ---------------------------------------------------------------
+    def gather_weights(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The full state dict on rank 0 (ZeRO-3 shards gathered; collective: every rank calls it)."""
+        import deepspeed
+
+        module = self.engine.module
+        params = list(module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.cfg.learner.zero_stage == 3):
+            if self.rank != 0:
+                return None
+            return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+    def save(self, ckpt_dir: str, client_state: dict) -> None:
+        """DeepSpeed state (every rank) and the student in Hugging Face format (rank 0)."""
+        rng = {"torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda_rng"] = torch.cuda.get_rng_state()
+        self.engine.save_checkpoint(ckpt_dir, tag="deepspeed", client_state=client_state | rng)
+        weights = self.gather_weights()
+        if self.rank == 0:
+            hf_dir = Path(ckpt_dir) / "hf"
+            self.engine.module.save_pretrained(hf_dir, state_dict=weights, safe_serialization=True)
+            self.tokenizer.save_pretrained(hf_dir)
+
+    def load(self, ckpt_dir: str) -> dict:
+        _, client_state = self.engine.load_checkpoint(ckpt_dir, tag="deepspeed")
+        if client_state is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {ckpt_dir}")
+        torch.set_rng_state(client_state.pop("torch_rng"))
+        if "cuda_rng" in client_state:
+            torch.cuda.set_rng_state(client_state.pop("cuda_rng"))
+        return client_state
+
+
+def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    if device.type == "cpu":
+        return batch
+    return TrainBatch(**{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in vars(batch).items()})

@@ -1,0 +1,31 @@
+"""Rule rewards (accuracy, format, tag count), custom rewards and the weighted total."""
+
+from rlkd_ray.rewards.registry import (
+    RuleRewards,
+    call_custom,
+    load_custom,
+    rule_components,
+    total_reward,
+)
+from rlkd_ray.rewards.rules import (
+    Accuracy,
+    accuracy_reward,
+    extract_answer,
+    format_reward,
+    tag_count_reward,
+    think_text,
+)
+
+__all__ = [
+    "Accuracy",
+    "RuleRewards",
+    "accuracy_reward",
+    "call_custom",
+    "extract_answer",
+    "format_reward",
+    "load_custom",
+    "rule_components",
+    "tag_count_reward",
+    "think_text",
+    "total_reward",
+]

