@@ -40,6 +40,9 @@ class Learner:
     def train_step(self, batch: TrainBatch) -> Dict[str, float]:
         return self.learner.train_step(batch)
 
+    def sft_step(self, batch: TrainBatch) -> Dict[str, float]:
+        return self.learner.sft_step(batch)
+
     def publish_weights(self) -> Optional[List[ray.ObjectRef]]:
         """Rank 0 puts the full state dict into the object store once and returns [its reference]."""
         weights = self.learner.gather_weights()

@@ -3,12 +3,15 @@ and scores whole prompt groups. The pool of these scales independently of the ro
 
 from __future__ import annotations
 
+from typing import List
+
 import ray
 
 from actors._common import set_threads
 from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import RLKDConfig
 from rlkd_ray.engines import make_engine
+from rlkd_ray.gsrm import Structure
 from rlkd_ray.samples import PromptGroup
 from rlkd_ray.scoring import GroupScorer
 
@@ -31,6 +34,10 @@ class RewardWorker:
 
     def score(self, group: PromptGroup) -> PromptGroup:
         return self.scorer.score(group)
+
+    def decompose(self, problem: str, reasonings: List[str]) -> List[Structure]:
+        """GSRM decompositions of reasoning paths of one problem (one batched, greedy call)."""
+        return self.scorer.decompose(problem, reasonings)
 
     def close(self) -> None:
         for engine in self.engines:

@@ -39,6 +39,10 @@ class RolloutWorker:
                    "tokens": sum(len(s.token_ids) for s in group.samples)}
         return summary, group
 
+    def generate_with(self, prompts: List[List[int]], sampling: Sampling):
+        """Completions of any prompts with any sampling (evaluation, checks)."""
+        return self.engine.generate(prompts, sampling)
+
     def load_weights(self, version: int, weights: List[ray.ObjectRef]) -> float:
         """`weights` is a one-element list holding the object-store reference of the full state dict
         (a list, so that Ray hands the reference over instead of resolving it in the driver)."""

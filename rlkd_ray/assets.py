@@ -77,7 +77,9 @@ def sha256_of(path: Path) -> str:
 def check_sha256(path: Path, expected: str) -> None:
     actual = sha256_of(path)
     if actual != expected:
-        raise AssetError(f"{path}: sha256 is {actual}, expected {expected}; the file is corrupt or another version")
+        raise AssetError(
+            f"{path}: sha256 is {actual}, expected {expected}; the file is corrupt or another version"
+        )
 
 
 def _is_materialised(folder: Path, sha256: str) -> bool:

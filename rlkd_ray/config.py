@@ -94,6 +94,8 @@ class RewardConfig:
     custom: List[CustomReward] = field(default_factory=list)
     normalize_structure: bool = False  # divide the structure reward by the teacher's step count
     domain: str = "math"  # few-shot examples of the decomposition prompt
+    # Few-shot turn pairs in the GSRM prompt, at inference and in GSRM training (`rlkd sft`) alike.
+    decompose_examples: int = 2
     engine: EngineConfig = field(default_factory=EngineConfig)
     decompose_max_new_tokens: int = 1024
     # A judge verdict needs p(yes) + p(no) >= this at its first token; else it is a non-answer.
@@ -141,6 +143,21 @@ class TrainerConfig:
     sample_log_every: int = 10
     num_logged_samples: int = 4
     resume: bool = False
+    eval_every: int = 0  # in-training eval every this many optimizer steps (sampling: eval.*); 0 = off
+    eval_benchmarks: List[str] = field(default_factory=lambda: ["math500"])  # held out from training
+    eval_limit: Optional[int] = 100  # first problems of each benchmark per in-training eval; None = all
+
+
+@dataclass
+class EvalConfig:
+    """Sampling and statistics of `rlkd eval` (its flags override these) and of the in-training eval."""
+
+    n: int = 16  # samples per problem
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: Optional[int] = None  # None = rollout.max_new_tokens
+    confidence: float = 0.95  # of the bootstrap intervals
+    bootstrap_resamples: int = 1000
 
 
 @dataclass
@@ -184,6 +201,56 @@ class RayConfig:
 
 
 @dataclass
+class AnnotateConfig:
+    """`rlkd annotate`: GSRM targets written by an annotator model from the teacher traces of the
+    prepared dataset `data.name` (prompt: `reward.domain`); accepted and rejected records as JSONL."""
+
+    backend: str = "openai"  # openai (an OpenAI-compatible chat endpoint) | engine (a local model)
+    model: str = "gpt-4o"  # endpoint model name; for `engine` a hub id, local folder or packaged asset
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: Optional[str] = "OPENAI_API_KEY"  # environment variable holding the key; None = no key
+    split: str = "train"
+    limit: Optional[int] = None  # annotate only the first rows of the split
+    output: str = "runs/annotate/annotations.jsonl"  # rejects go beside it, to <stem>.rejects.jsonl
+    n_examples: int = 2  # few-shot turn pairs in the annotation prompt
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    concurrency: int = 8  # requests in flight (openai) or prompts per generate call (engine)
+    timeout_s: float = 120.0
+    max_retries: int = 6  # per request, on 429, 5xx, timeouts and connection errors
+    backoff_s: float = 1.0  # first retry delay; doubles per retry, with jitter, up to backoff_max_s
+    backoff_max_s: float = 60.0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class SFTWeights:
+    """Loss weight of each assistant token of a structured target (task gsrm); prompt tokens get 0."""
+
+    meta: float = 1.0  # content of the [sub-think i] fields: meta-reasoning
+    solving: float = 1.0  # content of the [Query i] and [Answer i] fields and the final answer
+    format: float = 1.0  # tags, line breaks, the end-of-turn token
+
+
+@dataclass
+class SFTConfig:
+    """`rlkd sft` on the learner group: the GSRM from annotations, or the SFT-distillation baseline."""
+
+    task: str = "gsrm"  # gsrm (annotations -> GSRM) | distill (teacher traces -> student, R1 format)
+    annotations: Optional[str] = None  # gsrm training data; None = annotate.output
+    base_model: Optional[str] = None  # None = model.gsrm (gsrm) or model.student (distill)
+    output_dir: str = "runs/sft"  # the fine-tuned model lands in <output_dir>/hf
+    max_seq_len: int = 4096  # longer examples are left out and counted
+    batch_size: int = 8  # sequences per optimizer step
+    epochs: int = 1
+    total_steps: Optional[int] = None  # None = epochs over the examples
+    limit: Optional[int] = None  # use only the first examples
+    weights: SFTWeights = field(default_factory=SFTWeights)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.03, schedule="cosine", grad_clip=1.0))
+
+
+@dataclass
 class RLKDConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -195,6 +262,9 @@ class RLKDConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 class ConfigError(ValueError):
@@ -277,6 +347,10 @@ _CHOICES = {
     "learner.optim.schedule": ("constant_with_warmup", "cosine"),
     "data.train.kind": ("math", "file", "hub", "openr1"),
     "reward.domain": ("math", "code", "science", "puzzle"),
+    "annotate.backend": ("openai", "engine"),
+    "annotate.engine.backend": ("hf", "vllm"),
+    "sft.task": ("gsrm", "distill"),
+    "sft.optim.schedule": ("constant_with_warmup", "cosine"),
 }
 
 
@@ -294,12 +368,18 @@ def validate(cfg: RLKDConfig) -> None:
         "learner.micro_batch_size": cfg.learner.micro_batch_size,
         "trainer.prompts_per_step": cfg.trainer.prompts_per_step,
         "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "annotate.concurrency": cfg.annotate.concurrency,
+        "annotate.max_tokens": cfg.annotate.max_tokens,
+        "sft.batch_size": cfg.sft.batch_size,
+        "sft.max_seq_len": cfg.sft.max_seq_len,
+        "sft.epochs": cfg.sft.epochs,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"'{key}' must be >= 1, got {value}")
     if cfg.trainer.max_staleness < 0:
         raise ConfigError(f"'trainer.max_staleness' must be >= 0, got {cfg.trainer.max_staleness}")
+    validate_eval(cfg)
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"'learner.zero_stage' must be 0-3, got {cfg.learner.zero_stage}")
     if cfg.rollout.group_size < 2 and cfg.algo.advantage in ("grpo", "rloo"):
@@ -313,6 +393,24 @@ def validate(cfg: RLKDConfig) -> None:
     for i, c in enumerate(cfg.reward.custom):
         if ":" not in c.fn:
             raise ConfigError(f"'reward.custom[{i}].fn' must be 'module:function', got {c.fn!r}")
+
+
+def validate_eval(cfg: RLKDConfig) -> None:
+    """Eval sampling and the in-training eval schedule; each error names the key."""
+    e = cfg.eval
+    if e.n < 1 or e.bootstrap_resamples < 1:
+        raise ConfigError(f"'eval.n' and 'eval.bootstrap_resamples' must be >= 1, got {e.n}, {e.bootstrap_resamples}")
+    if e.temperature < 0 or not 0 < e.top_p <= 1 or not 0 < e.confidence < 1:
+        raise ConfigError(f"need eval.temperature >= 0, 0 < eval.top_p <= 1, 0 < eval.confidence < 1; "
+                          f"got {e.temperature}, {e.top_p}, {e.confidence}")
+    if e.max_new_tokens is not None and e.max_new_tokens < 1:
+        raise ConfigError(f"'eval.max_new_tokens' must be >= 1 or null, got {e.max_new_tokens}")
+    t = cfg.trainer
+    if t.eval_every < 0 or (t.eval_limit is not None and t.eval_limit < 1):
+        raise ConfigError(f"'trainer.eval_every' must be >= 0 and 'trainer.eval_limit' >= 1 or null; "
+                          f"got {t.eval_every}, {t.eval_limit}")
+    if t.eval_every and not t.eval_benchmarks:
+        raise ConfigError("'trainer.eval_every' is set but 'trainer.eval_benchmarks' is empty")
 
 
 def to_yaml(cfg: RLKDConfig) -> str:

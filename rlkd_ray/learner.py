@@ -14,7 +14,7 @@ from typing import Dict, Optional
 
 import torch
 
-from rlkd_ray.algo.losses import entropy_from_logits, grpo_loss
+from rlkd_ray.algo.losses import entropy_from_logits, grpo_loss, sft_loss
 from rlkd_ray.batching import TrainBatch, micro_batches, shard
 from rlkd_ray.config import RLKDConfig
 
@@ -144,6 +144,32 @@ class PolicyLearner:
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out["lr"] = float(self.engine.get_lr()[0])
         return out
+
+    # -- supervised fine-tuning ----------------------------------------------------------------
+    def sft_step(self, batch: TrainBatch) -> Dict[str, float]:
+        """One optimizer step of `sft_loss` over this rank's share of the global batch; the loss
+        weights are `batch.loss_mask`. Scaled as in `train_step`, so the gradient is that of the
+        weighted mean over the whole batch. Sums for `rlkd_ray.sft.reduce_metrics`."""
+        if self.engine.train_batch_size() != len(batch):  # SFT batches need not match the RL step
+            self.engine.set_train_batch_size(len(batch))
+        self.engine.train()
+        total_weight = float(batch.loss_mask.sum().item())
+        scale = self.engine.gradient_accumulation_steps() * self.world_size
+        sums = {"loss_sum": 0.0, "weight": 0.0, "nll_sum": 0.0, "tokens": 0.0}
+        for mb in micro_batches(shard(batch, self.rank, self.world_size), self.cfg.learner.micro_batch_size):
+            mb = _to(mb, self.device)
+            logp, _ = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, temperature=1.0)
+            loss, metrics = sft_loss(logp, mb.loss_mask, normaliser=total_weight)
+            self.engine.backward(loss * scale)
+            self.engine.step()
+            weight, tokens = float(mb.loss_mask.sum().item()), float((mb.loss_mask > 0).sum().item())
+            sums["loss_sum"] += metrics["loss"] * weight
+            sums["weight"] += weight
+            sums["nll_sum"] += metrics["nll"] * tokens
+            sums["tokens"] += tokens
+        sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        sums["lr"] = float(self.engine.get_lr()[0])
+        return sums
 
     # -- weights and checkpoints ---------------------------------------------------------------
     def gather_weights(self) -> Optional[Dict[str, torch.Tensor]]:

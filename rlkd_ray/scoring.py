@@ -53,7 +53,7 @@ class GroupScorer:
         for i, text in enumerate(reasonings):
             try:
                 prompts.append(build_prompt_ids(
-                    self.gsrm_tok, build_decompose_messages(problem, text, self.cfg.domain), limit))
+                    self.gsrm_tok, build_decompose_messages(problem, text, self.cfg.domain, self.cfg.decompose_examples), limit))
                 slots.append(i)
             except PromptTooLong as e:
                 structures[i] = Structure([], None, [f"decomposition prompt too long: {e}"])

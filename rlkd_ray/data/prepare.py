@@ -48,7 +48,11 @@ def data_root(cache_dir: str | Path, name: str) -> Path:
 
 def _build_key(data_cfg: DataConfig) -> Dict:
     """What decides the content of the build (not `name`, the folder; not `shuffle`, a read-time option)."""
-    return {"train": asdict(data_cfg.train), "eval": list(data_cfg.eval), "skip_bad_rows": data_cfg.skip_bad_rows}
+    return {
+        "train": asdict(data_cfg.train),
+        "eval": list(data_cfg.eval),
+        "skip_bad_rows": data_cfg.skip_bad_rows,
+    }
 
 
 def _prepared(root: Path, marker: Dict, reused: bool) -> PreparedData:
@@ -102,7 +106,8 @@ def prepare_data(data_cfg: DataConfig, cache_dir: str | Path, force: bool = Fals
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    print(f"[data] {data_cfg.name}: built {root} ({_rows_text(rows)}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    seconds = time.perf_counter() - t0
+    print(f"[data] {data_cfg.name}: built {root} ({_rows_text(rows)}) in {seconds:.1f} s", flush=True)
     print(f"[data] {train_stats.summary()}", flush=True)
     return _prepared(root, marker, reused=False)
 

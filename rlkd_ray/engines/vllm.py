@@ -1,0 +1,177 @@
+"""vLLM engine (vLLM-CPU or CUDA vLLM), in-process, with in-place weight updates.
+
+- The engine core runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): it starts faster than
+  the multiprocess engine and puts the weights one function call away. vLLM's environment is set
+  here, before vllm is first imported.
+- Log-probs come back as `processed_logprobs`: log_softmax(logits / T) of the sampled token
+  (greedy: log_softmax(logits)), the same quantity as the transformers engine. vLLM computes them
+  after top-k / top-p truncation, where they would differ from what a trainer computes, so sampling
+  with truncation is refused.
+- dtype policy: float32 matches a float32 trainer to ~1e-5 per token; bfloat16 drifts (fine for
+  generation, not for checks of importance ratios).
+- On CPU the thread count and core binding are ours (`threads`, `cpu_cores`): vLLM only binds the
+  workers of its multiprocess executor; two in-process engines would otherwise share the same cores.
+  The KV cache is capped at `kv_cache_gib` (vLLM's default takes most of the RAM or refuses to start).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from safetensors import safe_open
+
+from rlkd_ray.engines.base import Completion, Sampling, check_request, choice_token_ids, pin_to_cores
+
+LM_HEAD = "lm_head.weight"
+
+
+class VLLMEngine:
+    """`Engine` on `vllm.LLM`."""
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        max_model_len: int = 2048,
+        kv_cache_gib: float = 1.0,
+        enforce_eager: bool = True,
+        seed: int = 0,
+        threads: Optional[int] = None,
+        cpu_cores: Optional[str] = None,
+        gpu_memory_utilization: float = 0.4,
+        tensor_parallel_size: int = 1,
+    ):
+        if cpu_cores is not None:
+            threads = threads or len(pin_to_cores(cpu_cores))
+        threads = threads or torch.get_num_threads()
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # vLLM would drop torch to 1 thread otherwise
+        torch.set_num_threads(threads)
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            memory = {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+        else:
+            memory = {"gpu_memory_utilization": gpu_memory_utilization}
+        self.llm = LLM(
+            model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=f"{__name__}.WeightSync",
+            **memory,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
+        self.tied = self.llm.llm_engine.model_config.hf_config.get_text_config().tie_word_embeddings
+        self.weight_names = checkpoint_names(model_path)
+        self.version = 0
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling) -> List[List[Completion]]:
+        """`sampling.n` completions per prompt, in prompt order; see the module docstring."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        check_request(prompts, sampling, self.max_model_len)
+        if sampling.temperature > 0 and (sampling.top_p < 1 or sampling.top_k != -1):
+            raise ValueError(
+                "the vllm engine returns log-probs after top-p/top-k truncation, which a trainer does not "
+                f"reproduce; use top_p=1 and top_k=-1 (got top_p={sampling.top_p}, top_k={sampling.top_k}) "
+                "or the hf engine"
+            )
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                max_tokens=sampling.max_new_tokens,
+                stop=list(sampling.stop),
+                include_stop_str_in_output=True,
+                # vLLM gives the k-th sample of a request seed + k: prompts get disjoint ranges
+                seed=None if sampling.seed is None else sampling.seed + i * sampling.n,
+                logprobs=0,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        return [[to_completion(c) for c in out.outputs] for out in outputs]
+
+    def score_choices(self, prompts: Sequence[Sequence[int]], choices: Sequence[str]) -> List[List[float]]:
+        """log_softmax(logits) at the first generated position, at the first token of each choice."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ids = choice_token_ids(self.tokenizer, choices)
+        for i, p in enumerate(prompts):
+            if not 0 < len(p) < self.max_model_len:
+                raise ValueError(f"prompt {i} has {len(p)} tokens; need 1 to {self.max_model_len - 1}")
+        params = SamplingParams(temperature=0, max_tokens=1, logprob_token_ids=ids)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        return [[out.outputs[0].logprobs[0][t].logprob for t in ids] for out in outputs]
+
+    def load_weights(self, version: int, weights: Dict[str, torch.Tensor]) -> None:
+        """Reload the full state in place (one call into the worker), then drop cached prefixes."""
+        self.llm.collective_rpc("rlkd_reload_weights", args=(self._checked(weights),))
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after the weight update")
+        self.version = version
+
+    def _checked(self, weights: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The checkpoint's names exactly (vLLM fuses q/k/v and gate/up: a partial group corrupts them)."""
+        names = set(weights)
+        if self.tied and LM_HEAD in names and LM_HEAD not in self.weight_names:
+            embed = next(n for n in self.weight_names if n.endswith("embed_tokens.weight"))
+            if not torch.equal(weights[LM_HEAD], weights[embed]):
+                raise ValueError(f"'{LM_HEAD}' differs from '{embed}' but the model ties them")
+            names.discard(LM_HEAD)
+        missing, unexpected = self.weight_names - names, names - self.weight_names
+        if missing or unexpected:
+            raise KeyError(f"weights do not match the checkpoint: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+        return {n: weights[n] for n in self.weight_names}
+
+    def close(self) -> None:
+        """Shut the engine core down (workers, KV cache, distributed state)."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
+
+def to_completion(c) -> Completion:
+    if c.finish_reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM finished a completion with {c.finish_reason!r}")
+    logprobs = [step[t].logprob for step, t in zip(c.logprobs, c.token_ids)]
+    return Completion(list(c.token_ids), logprobs, c.text, c.finish_reason)
+
+
+def checkpoint_names(model_path: str) -> set:
+    """Tensor names stored in the safetensors files of a model folder."""
+    files = [f for f in os.listdir(model_path) if f.endswith(".safetensors")]
+    if not files:
+        raise FileNotFoundError(f"no .safetensors file in {model_path}")
+    names = set()
+    for f in files:
+        with safe_open(os.path.join(model_path, f), framework="pt") as fh:
+            names.update(fh.keys())
+    return names
+
+
+class WeightSync:
+    """Mixed into vLLM's worker class (`worker_extension_cls`), called through `collective_rpc`."""
+
+    def rlkd_reload_weights(self, weights: Dict[str, torch.Tensor]) -> None:
+        from vllm.platforms import current_platform
+
+        self.reload_weights(weights_iterator=iter(weights.items()))
+        model = self.model_runner.get_model()
+        hf_config = self.model_runner.model_config.hf_config.get_text_config()
+        if current_platform.is_cpu() and hf_config.tie_word_embeddings:
+            # the CPU GEMM packed lm_head at load time; tied, the reload leaves that pack stale
+            model.lm_head.quant_method.process_weights_after_loading(model.lm_head)
+        for kv in self.model_runner.kv_caches:  # values the old weights wrote (NaNs) must not linger
+            kv.zero_()

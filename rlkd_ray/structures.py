@@ -1,0 +1,178 @@
+"""`rlkd prepare-structures`: the GSRM decomposition of every teacher trace, computed once and stored
+in the prepared dataset (column `teacher_structure`), so that training decomposes only the student
+paths online (`GroupScorer.teacher_structure` reads the stored text).
+
+The traces go through the reward pool on Ray (`RewardWorker.decompose`, least-loaded worker first,
+all traces of one problem in one batched call). A trace whose decomposition has no step is a parse
+failure: its `teacher_structure` stays empty, and it is listed with the parser's errors in
+`<dataset>/teacher_structure_failures.jsonl`. A parsed one is stored in canonical form
+(`format_structure`). The new dataset version replaces the old folder by renames; its marker keeps
+the build configuration (so `prepare-data` still re-uses it) and records the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from rlkd_ray.config import RLKDConfig
+from rlkd_ray.gsrm import Structure, format_structure
+
+FAILURES_FILE = "teacher_structure_failures.jsonl"
+SPLIT = "train"  # the split whose teacher traces the reward pool compares against
+
+
+@dataclass
+class StructuresSummary:
+    dataset: str  # the prepared dataset folder
+    traces: int  # rows of the split with a teacher trace
+    kept: int  # already had a structure and were left as they were (no --force)
+    decomposed: int
+    failures: int  # decomposed into no step
+    with_warnings: int  # decomposed into steps, with deviations from the format noted by the parser
+    seconds: float
+    failures_file: str
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failures / self.decomposed if self.decomposed else 0.0
+
+
+def decompose_traces(cfg: RLKDConfig, traces: List[Tuple[str, str, str]]) -> Dict[str, Structure]:
+    """id → GSRM structure of each (id, problem, reasoning), through a pool of RewardWorkers.
+
+    Traces of the same problem go in one call; a dead worker is replaced and its calls sent again.
+    """
+    import ray
+    from ray.exceptions import RayActorError
+    from tqdm import tqdm
+
+    from actors.reward import RewardWorker
+    from rlkd_ray.pools import WorkerPool
+
+    by_problem: Dict[str, List[Tuple[str, str]]] = defaultdict(list)
+    for id, problem, reasoning in traces:
+        by_problem[problem].append((id, reasoning))
+    calls = list(by_problem.items())
+    w = cfg.reward
+    pool = WorkerPool("reward", lambda i: RewardWorker.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus).remote(cfg, i),
+                      w.num_workers)
+    out: Dict[str, Structure] = {}
+    inflight: Dict[ray.ObjectRef, Tuple[int, int]] = {}  # ref -> (call index, worker id)
+    next_call = 0
+    bar = tqdm(total=len(traces), desc="decompose teacher traces", unit="trace", dynamic_ncols=True,
+               disable=not cfg.logging.progress)
+    try:
+        while next_call < len(calls) or inflight:
+            while next_call < len(calls) and len(inflight) < 2 * len(pool):  # two queued per worker
+                problem, items = calls[next_call]
+                ref, wid = pool.submit("decompose", problem, [r for _, r in items])
+                inflight[ref] = (next_call, wid)
+                next_call += 1
+            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            index, wid = inflight.pop(ref)
+            pool.done(ref)
+            try:
+                structures = ray.get(ref)
+            except RayActorError:
+                pool.replace(wid)
+                problem, items = calls[index]
+                again, new_wid = pool.submit("decompose", problem, [r for _, r in items])
+                inflight[again] = (index, new_wid)
+                continue
+            for (id, _), structure in zip(calls[index][1], structures):
+                out[id] = structure
+            bar.update(len(structures))
+    finally:
+        bar.close()
+        pool.shutdown()
+    return out
+
+
+def store_structures(cache_dir: str | Path, name: str, structures: Dict[str, Structure], info: dict) -> Path:
+    """A new version of the prepared dataset `name` with `teacher_structure` of the train rows in
+    `structures` set (canonical text; None for a structure without steps) and the failures file."""
+    import datasets
+
+    from rlkd_ray.data.prepare import MARKER, data_root
+
+    root = data_root(cache_dir, name)
+    marker_path = root / MARKER
+    if not marker_path.is_file():
+        raise FileNotFoundError(f"no prepared data {name!r} in {root}; run `rlkd prepare-data` first")
+    marker = json.loads(marker_path.read_text())
+    splits = {split: datasets.load_from_disk(str(root / split)) for split in marker["rows"]}
+    train = splits[SPLIT]
+    column = [old if id not in structures else format_structure(structures[id]) if structures[id].steps else None
+              for id, old in zip(train["id"], train["teacher_structure"])]
+    feature = train.features["teacher_structure"]
+    splits[SPLIT] = train.remove_columns("teacher_structure").add_column("teacher_structure", column, feature=feature)
+    marker["teacher_structures"] = info
+    failures = [{"id": id, "errors": s.errors} for id, s in structures.items() if not s.steps]
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root.parent))
+    try:
+        datasets.DatasetDict(splits).save_to_disk(str(tmp))
+        with open(tmp / FAILURES_FILE, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in failures)
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private; the folder is an ordinary cache entry
+        old = root.with_name(f".{root.name}.old-{os.getpid()}")
+        os.rename(root, old)
+        os.rename(tmp, root)
+        shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return root
+
+
+def prepare_structures(cfg: RLKDConfig, force: bool = False) -> StructuresSummary:
+    """Decompose the teacher traces of the train split of `data.name` (those without a structure, or
+    all with `force`) and store the structures; needs Ray initialised."""
+    from rlkd_ray.data import load_split, prepare_data
+
+    start = time.perf_counter()
+    prepared = prepare_data(cfg.data, cfg.paths.cache_dir)
+    rows = load_split(cfg.paths.cache_dir, cfg.data.name, SPLIT)
+    with_trace = [r for r in rows if (r["teacher_reasoning"] or "").strip()]
+    todo = [(str(r["id"]), r["problem"], r["teacher_reasoning"]) for r in with_trace
+            if force or not (r["teacher_structure"] or "").strip()]
+    print(f"[structures] {cfg.data.name}: {len(with_trace)} teacher traces, {len(todo)} to decompose with "
+          f"{cfg.model.gsrm} on {cfg.reward.num_workers} reward worker(s)", flush=True)
+    structures = decompose_traces(cfg, todo) if todo else {}
+    failures = sum(not s.steps for s in structures.values())
+    info = {"gsrm": cfg.model.gsrm, "domain": cfg.reward.domain, "decompose_examples": cfg.reward.decompose_examples,
+            "decomposed": len(structures), "failures": failures, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    root = store_structures(cfg.paths.cache_dir, cfg.data.name, structures, info) if structures else prepared.root
+    return StructuresSummary(
+        dataset=str(root), traces=len(with_trace), kept=len(with_trace) - len(todo), decomposed=len(structures),
+        failures=failures, with_warnings=sum(bool(s.steps and s.errors) for s in structures.values()),
+        seconds=time.perf_counter() - start, failures_file=str(root / FAILURES_FILE))
+
+
+def cmd_prepare_structures(cfg: RLKDConfig, args) -> None:
+    import ray
+
+    from rlkd_ray.cli import init_ray
+
+    started_here = init_ray(cfg)
+    try:
+        s = prepare_structures(cfg, force=args.force)
+    finally:
+        if started_here:
+            ray.shutdown()
+    print(json.dumps(asdict(s) | {"failure_rate": round(s.failure_rate, 4)}, indent=1))
+    print(f"[structures] parse failures: {s.failures} of {s.decomposed} ({100 * s.failure_rate:.1f} %), "
+          f"listed in {s.failures_file}")
+
+
+def add_structures_arguments(parser) -> None:
+    parser.add_argument("--force", action="store_true", help="decompose traces that already have a structure too")

@@ -1,0 +1,82 @@
+"""`ray job submit --working-dir . -- rlkd train ...` against a loopback `ray start --head`.
+
+The head runs in its own process group (`ray start --block`), and only that group is stopped at the
+end: never `ray stop`, which would also stop clusters this test did not start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled",
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1")
+    env.pop("RAY_ADDRESS", None)
+    gcs_port, dash_port = free_port(), free_port()
+    log = open(tmp_path / "ray_head.log", "w")
+    head = subprocess.Popen(
+        [f"{bin_dir}/ray", "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=4",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+         "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash_port}"
+    try:
+        wait_http(f"{address}/api/version", timeout=120)
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+
+
+def test_ray_job_submit_trains(ray_head, tiny_model_path, cache_dir, tmp_path):
+    address, env = ray_head
+    run_dir = tmp_path / "run"
+    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+           "rlkd", "train", "--config", "conf/local.yaml", f"model.student={tiny_model_path}",
+           f"model.gsrm={tiny_model_path}", f"paths.run_dir={run_dir}", f"paths.cache_dir={cache_dir}",
+           "trainer.total_steps=1", "data.train.limit=8", "rollout.max_new_tokens=16",
+           "reward.decompose_max_new_tokens=16", "logging.progress=false"]
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "succeeded" in out.stdout
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1]
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_000001"
