@@ -274,7 +274,8 @@ def load_traces(cfg: RLKDConfig) -> Tuple[List[Trace], int]:
     traces = [Trace(str(r["id"]), r["problem"], r["teacher_reasoning"]) for r in split
               if (r["teacher_reasoning"] or "").strip()]
     if not traces:
-        raise AnnotationError(f"split {cfg.annotate.split!r} of data {cfg.data.name!r} has no teacher traces to annotate")
+        raise AnnotationError(f"split {cfg.annotate.split!r} of data {cfg.data.name!r} has no teacher traces "
+                              "to annotate")
     return traces, len(split) - len(traces)
 
 
@@ -387,9 +388,9 @@ def annotate(cfg: RLKDConfig) -> AnnotateSummary:
         annotator.close()
         accepted_log.close()
         rejected_log.close()
-    summary = AnnotateSummary(traces=len(traces), skipped=len(traces) - len(todo), retries=getattr(annotator, "retries", 0),
-                              seconds=time.perf_counter() - start, output=str(accepted_log.path),
-                              rejects=str(rejected_log.path), **counts)
+    summary = AnnotateSummary(traces=len(traces), skipped=len(traces) - len(todo),
+                              retries=getattr(annotator, "retries", 0), seconds=time.perf_counter() - start,
+                              output=str(accepted_log.path), rejects=str(rejected_log.path), **counts)
     if failures:
         shown = "\n  ".join(failures[:5])
         raise AnnotationError(f"{len(failures)} requests failed after annotate.max_retries={a.max_retries} retries "

@@ -35,7 +35,7 @@ def init_ray(cfg: RLKDConfig) -> bool:
         return False
     for k, v in LOCAL_RAY_ENV.items():
         os.environ.setdefault(k, v)
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}})
     return True
 

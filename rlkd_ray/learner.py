@@ -181,7 +181,7 @@ class PolicyLearner:
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.cfg.learner.zero_stage == 3):
             if self.rank != 0:
                 return None
-            return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+            return _cpu_copy(module.state_dict())
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
         """DeepSpeed state (every rank) and the student in Hugging Face format (rank 0)."""
@@ -203,6 +203,19 @@ class PolicyLearner:
         if "cuda_rng" in client_state:
             torch.cuda.set_rng_state(client_state.pop("cuda_rng"))
         return client_state
+
+
+def _cpu_copy(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A CPU copy of a state dict in which tied weights (e.g. lm_head = embed_tokens) stay one tensor,
+    so they travel once and `save_pretrained` writes them once."""
+    copies: Dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key not in copies:
+            copies[key] = t.detach().to("cpu", copy=True).contiguous()
+        out[name] = copies[key]
+    return out
 
 
 def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:

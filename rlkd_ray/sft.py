@@ -108,7 +108,8 @@ def read_annotations(path: Path, domain: str, n_examples: int, limit: Optional[i
                 break
             try:
                 r = json.loads(line)
-                examples.append(gsrm_example(str(r["id"]), r["problem"], r["reasoning"], r["target"], domain, n_examples))
+                examples.append(gsrm_example(str(r["id"]), r["problem"], r["reasoning"], r["target"], domain,
+                                             n_examples))
             except (ValueError, KeyError, TypeError) as e:
                 raise SFTDataError(f"{path} line {n}: {type(e).__name__}: {e}") from None
     if not examples:

@@ -62,8 +62,8 @@ def decompose_traces(cfg: RLKDConfig, traces: List[Tuple[str, str, str]]) -> Dic
         by_problem[problem].append((id, reasoning))
     calls = list(by_problem.items())
     w = cfg.reward
-    pool = WorkerPool("reward", lambda i: RewardWorker.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus).remote(cfg, i),
-                      w.num_workers)
+    pool = WorkerPool("reward", lambda i: RewardWorker.options(
+        num_cpus=w.num_cpus, num_gpus=w.num_gpus).remote(cfg, i), w.num_workers)
     out: Dict[str, Structure] = {}
     inflight: Dict[ray.ObjectRef, Tuple[int, int]] = {}  # ref -> (call index, worker id)
     next_call = 0
@@ -113,7 +113,8 @@ def store_structures(cache_dir: str | Path, name: str, structures: Dict[str, Str
     column = [old if id not in structures else format_structure(structures[id]) if structures[id].steps else None
               for id, old in zip(train["id"], train["teacher_structure"])]
     feature = train.features["teacher_structure"]
-    splits[SPLIT] = train.remove_columns("teacher_structure").add_column("teacher_structure", column, feature=feature)
+    splits[SPLIT] = train.remove_columns("teacher_structure").add_column("teacher_structure", column,
+                                                                          feature=feature)
     marker["teacher_structures"] = info
     failures = [{"id": id, "errors": s.errors} for id, s in structures.items() if not s.steps]
 
@@ -149,8 +150,9 @@ def prepare_structures(cfg: RLKDConfig, force: bool = False) -> StructuresSummar
           f"{cfg.model.gsrm} on {cfg.reward.num_workers} reward worker(s)", flush=True)
     structures = decompose_traces(cfg, todo) if todo else {}
     failures = sum(not s.steps for s in structures.values())
-    info = {"gsrm": cfg.model.gsrm, "domain": cfg.reward.domain, "decompose_examples": cfg.reward.decompose_examples,
-            "decomposed": len(structures), "failures": failures, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    info = {"gsrm": cfg.model.gsrm, "domain": cfg.reward.domain,
+            "decompose_examples": cfg.reward.decompose_examples, "decomposed": len(structures),
+            "failures": failures, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     root = store_structures(cfg.paths.cache_dir, cfg.data.name, structures, info) if structures else prepared.root
     return StructuresSummary(
         dataset=str(root), traces=len(with_trace), kept=len(with_trace) - len(todo), decomposed=len(structures),

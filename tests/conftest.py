@@ -50,7 +50,7 @@ def ray_cluster():
     """A loopback Ray cluster for the session; actors use fractional CPUs on the 2 cores."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True,
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                                        "RAY_AUTH_MODE": "disabled"}})
     yield ray

@@ -229,8 +229,9 @@ def test_retry_delay_and_retry_after():
 def test_check_reply_and_missing_key(monkeypatch):
     good = format_structure(expected_structure("p1"))
     assert check_reply(Reply(good, "stop")) == (good, None)
-    assert check_reply(Reply("**[sub-think 1]:** a\n[Query 1]: b\n[Answer 1]: c\nSo the final answer is: c", "stop"))[0] \
-        == "[sub-think 1]: a\n[Query 1]: b\n[Answer 1]: c\nSo the final answer is: c"
+    canonical = "[sub-think 1]: a\n[Query 1]: b\n[Answer 1]: c\nSo the final answer is: c"
+    assert check_reply(Reply("**[sub-think 1]:** a\n[Query 1]: b\n[Answer 1]: c\nSo the final answer is: c", "stop")) \
+        == (canonical, None)
     assert check_reply(Reply(good, "length")) == (None, "reply cut at annotate.max_tokens")
     target, reason = check_reply(Reply("[sub-think 1]: a\n[Answer 1]: c\nSo the final answer is: c", "stop"))
     assert target is None and reason == "step 1: missing [Query 1]"
@@ -238,3 +239,24 @@ def test_check_reply_and_missing_key(monkeypatch):
     with pytest.raises(AnnotationError, match="RLKD_UNSET_KEY_VAR"):
         api_key("RLKD_UNSET_KEY_VAR")
     assert api_key(None) is None
+
+
+def test_local_engine_annotator(tmp_path, tiny_model_path):
+    """The engine backend on a random tiny model: every reply is rejected with its reason, and a
+    prompt over the context limit is rejected without generating."""
+    write_traces(tmp_path / "traces.jsonl", 3)
+    with open(tmp_path / "traces.jsonl", "a") as f:
+        f.write(json.dumps({"id": "long", "problem": "Problem p9: long", "answer": "1",
+                            "teacher_reasoning": "and then " * 600}) + "\n")
+    cfg = load_config(None, [
+        f"paths.cache_dir={tmp_path / 'cache'}", "data.name=traces", "data.train.kind=file",
+        f"data.train.path={tmp_path / 'traces.jsonl'}", "data.train.columns.id=id", "data.eval=[]",
+        "annotate.backend=engine", f"annotate.model={tiny_model_path}", "annotate.max_tokens=8",
+        "annotate.n_examples=0", "annotate.concurrency=2", "annotate.engine.max_model_len=1024",
+        f"annotate.output={tmp_path / 'ann.jsonl'}", "model.dtype=float32", "logging.progress=false"])
+    summary = annotate(cfg)
+    assert (summary.accepted, summary.rejected, summary.failed) == (0, 4, 0)
+    rejects = {r["id"]: r for r in read_jsonl(rejects_path(cfg.annotate.output))}
+    assert rejects["long"]["reason"].startswith("prompt too long") and rejects["long"]["reply"] is None
+    for pid in ("p0", "p1", "p2"):
+        assert isinstance(rejects[pid]["reply"], str) and rejects[pid]["reason"]

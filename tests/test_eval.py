@@ -242,15 +242,23 @@ def _lines(path: Path):
 
 @pytest.mark.slow
 def test_eval_smollm2_on_math500_and_gsm8k_end_to_end_and_resume(ray_cluster, cache_dir, student_path, tmp_path):
+    from actors.rollout import RolloutWorker
     from rlkd_ray.cli import main
     from rlkd_ray.config import load_config
     from rlkd_ray.eval.runner import EvalError, run_eval
+    from rlkd_ray.pools import WorkerPool
 
     overrides = [f"paths.cache_dir={cache_dir}", "rollout.engine.backend=hf", "logging.progress=false",
-                 "eval.n=2", "eval.max_new_tokens=40", "eval.bootstrap_resamples=200"]
+                 "eval.n=2", "eval.max_new_tokens=24", "eval.bootstrap_resamples=200"]
     cfg = load_config(CONF / "local.yaml", overrides)
     out = tmp_path / "eval"
-    results = run_eval(cfg, student_path, ["math500", "gsm8k"], out, limit=3)
+    # first through a rollout pool that outlives the eval (the in-training eval's way) ...
+    pool = WorkerPool("rollout", lambda i: RolloutWorker.options(num_cpus=0.5).remote(cfg, i), 1)
+    try:
+        results = run_eval(cfg, pool, ["math500", "gsm8k"], out, limit=3, label=student_path)
+        assert len(pool) == 1 and ray_cluster.get(pool.workers[0].version.remote()) == 0  # still up
+    finally:
+        pool.shutdown()
 
     assert set(results["benchmarks"]) == {"math500", "gsm8k"}
     assert results["settings"]["n"] == 2 and results["settings"]["model"] == student_path
@@ -265,18 +273,19 @@ def test_eval_smollm2_on_math500_and_gsm8k_end_to_end_and_resume(ray_cluster, ca
             assert r["n"] == 2 and len(r["completions"]) == 2
             assert r["correct"] == sum(c["score"] for c in r["completions"])
             for c in r["completions"]:
-                assert c["score"] in (0.0, 1.0) and 1 <= c["tokens"] <= 40 and c["text"]
+                assert c["score"] in (0.0, 1.0) and 1 <= c["tokens"] <= 24 and c["text"]
         # pass@1 is the mean fraction of correct samples
         assert b["pass@k"]["1"]["estimate"] == pytest.approx(sum(r["correct"] for r in records) / 6)
     assert "| math500 | 3 |" in (out / "results.md").read_text()
     assert json.loads((out / "results.json").read_text()) == results
 
-    # resume: a problem whose line was lost is generated again; finished ones are kept as they were
+    # ... then resumed by `rlkd eval` with its own workers: a problem whose line was lost is generated
+    # again; finished ones are kept as they were
     path = out / "completions" / "gsm8k.jsonl"
     kept = _lines(path)[:2]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"id": "cut off')
     assert main(["eval", "--config", str(CONF / "local.yaml"), "--model", student_path, "--benchmarks", "gsm8k",
-                 "--n", "2", "--max-new-tokens", "40", "--limit", "3", "--output", str(out), *overrides]) == 0
+                 "--n", "2", "--max-new-tokens", "24", "--limit", "3", "--output", str(out), *overrides]) == 0
     again = _lines(path)
     assert again[:2] == kept and len(again) == 3
     assert set(json.loads((out / "results.json").read_text())["benchmarks"]) == {"math500", "gsm8k"}

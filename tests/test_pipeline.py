@@ -43,13 +43,19 @@ def rollout_fingerprint(trainer_or_engine, group):
     return out.token_ids, out.logprobs
 
 
-def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, student_path, tmp_path):
+def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, student_path, tiny_model_path,
+                                                    tmp_path):
     from transformers import AutoModelForCausalLM
 
     from rlkd_ray.driver import Trainer
     from rlkd_ray.engines import make_engine
 
-    cfg = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=2", "trainer.save_every=2")
+    # The real SmolLM2 student; the GSRM/judge is the tiny model (the real GSRM path is exercised by
+    # tests/test_scoring.py and `make train-local`). A length bonus gives non-zero advantages from
+    # the first step, through the custom-reward registry.
+    common = (f"model.gsrm={tiny_model_path}", "trainer.save_every=2",
+              "reward.custom=[{name: length, fn: 'custom_rewards:length_bonus', weight: 1.0}]")
+    cfg = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=2", *common)
     with Trainer(cfg) as trainer:
         summary = trainer.run()
         probe = trainer.source.group(0, 0)
@@ -86,13 +92,12 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
     samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
     assert samples
     for s in samples:
-        assert set(s["rewards"]) >= {"accuracy", "format", "tag_count", "structure"}
+        assert set(s["rewards"]) >= {"accuracy", "format", "tag_count", "structure", "length"}
         assert {"per_step", "judgements", "student_steps_parsed", "teacher_steps_parsed"} <= set(s["structure"])
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
     # Resume: one more step from the latest checkpoint.
-    cfg3 = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=3", "trainer.save_every=2",
-                   "trainer.resume=true")
+    cfg3 = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=3", "trainer.resume=true", *common)
     with Trainer(cfg3) as trainer:
         assert trainer.run()["steps"] == 3
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")

@@ -34,7 +34,8 @@ def test_gsrm_example_mask_and_part_weights(tokenizer):
     inference = build_prompt_ids(tokenizer, build_decompose_messages(problem, reasoning, "math", 2), 4096)
     assert row.input_ids[: row.prompt_len] == inference and row.prompt_len == len(inference)
     assert set(row.weights[: row.prompt_len]) == {0.0}
-    assistant = [(tokenizer.decode([i]), w) for i, w in zip(row.input_ids[row.prompt_len:], row.weights[row.prompt_len:])]
+    start = row.prompt_len
+    assistant = [(tokenizer.decode([i]), w) for i, w in zip(row.input_ids[start:], row.weights[start:])]
     F, M, S = 1.0, 2.0, 0.5
     assert assistant == [
         ("[", F), ("sub", F), ("-", F), ("think", F), (" ", F), ("1", F), ("]:", F),
@@ -45,6 +46,30 @@ def test_gsrm_example_mask_and_part_weights(tokenizer):
         ("So", F), (" the", F), (" final", F), (" answer", F), (" is", F), (":", F), (" ", F), ("4", S),
         ("<|im_end|>", F),
     ]
+
+
+def test_gsrm_training_prompt_is_the_inference_prompt(tokenizer):
+    """GroupScorer.decompose (inference) sends exactly the prompt tokens the GSRM is trained on."""
+    from rlkd_ray.engines.base import Completion
+    from rlkd_ray.scoring import GroupScorer
+
+    class RecordingEngine:  # stands in for the GSRM engine: records the prompts, answers TARGET
+        version = 0
+
+        def __init__(self):
+            self.prompts = []
+
+        def generate(self, prompts, sampling):
+            self.prompts.extend(list(p) for p in prompts)
+            return [[Completion([], [], TARGET, "stop")] for _ in prompts]
+
+    cfg = load_config(None, ["reward.decompose_examples=1", "reward.domain=science"])
+    engine = RecordingEngine()
+    structures = GroupScorer(cfg.reward, engine, engine, tokenizer, tokenizer).decompose("What is 2+2?", ["2 + 2 = 4."])
+    row = tokenise(tokenizer, gsrm_example("a", "What is 2+2?", "2 + 2 = 4.", TARGET, cfg.reward.domain,
+                                           cfg.reward.decompose_examples), WEIGHTS, 4096)
+    assert engine.prompts == [row.input_ids[: row.prompt_len]]
+    assert structures[0].steps and not structures[0].errors
 
 
 def test_gsrm_example_canonical_target_and_length_limit(tokenizer):
@@ -152,8 +177,9 @@ def test_distill_baseline_saves_a_loadable_model(ray_cluster, tiny_model_path, t
     traces = tmp_path / "traces.jsonl"
     with open(traces, "w") as f:
         for i in range(4):
-            f.write(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1),
-                                "teacher_reasoning": f"<think>\n{i} + 1 = {i + 1}.\n</think>\n\\boxed{{{i + 1}}}"}) + "\n")
+            trace = f"<think>\n{i} + 1 = {i + 1}.\n</think>\n\\boxed{{{i + 1}}}"
+            row = {"problem": f"What is {i} + 1?", "answer": str(i + 1), "teacher_reasoning": trace}
+            f.write(json.dumps(row) + "\n")
     cfg = sft_config(tmp_path, "sft.task=distill", f"model.student={tiny_model_path}", "data.name=traces",
                      "data.train.kind=file", f"data.train.path={traces}", "data.eval=[]", "sft.optim.lr=1e-3")
     summary = run_sft(cfg)

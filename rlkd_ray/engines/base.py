@@ -99,7 +99,8 @@ def check_request(prompts: Sequence[Sequence[int]], sampling: Sampling, max_mode
     """Reject sampling values no backend supports and prompts that cannot fit their completion."""
     if sampling.n < 1 or sampling.max_new_tokens < 1:
         raise ValueError(f"sampling.n and sampling.max_new_tokens must be >= 1, got {sampling}")
-    if sampling.temperature < 0 or not 0 < sampling.top_p <= 1 or (sampling.top_k < 1 and sampling.top_k != -1):
+    bad_top_k = sampling.top_k < 1 and sampling.top_k != -1
+    if sampling.temperature < 0 or not 0 < sampling.top_p <= 1 or bad_top_k:
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k = -1 or >= 1; got {sampling}")
     for i, p in enumerate(prompts):
         if len(p) == 0:

@@ -136,8 +136,14 @@ class HFEngine:
 
     @torch.no_grad()
     def load_weights(self, version: int, weights: Dict[str, torch.Tensor]) -> None:
-        """One strict load_state_dict; a tied lm_head may be absent (or equal to the embedding)."""
+        """One strict load_state_dict; a tied lm_head may be absent (or equal to the embedding).
+        Names are checked first, so a bad dict leaves the old weights whole."""
         weights = untie_lm_head(self.model, weights)
+        expected = set(self.model.state_dict())
+        missing, unexpected = expected - set(weights), set(weights) - expected
+        if missing or unexpected:
+            raise KeyError(f"weights do not match the model: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
         self.model.load_state_dict(weights, strict=True)
         self.version = version
 

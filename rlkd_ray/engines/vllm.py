@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -49,6 +50,7 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ["OMP_NUM_THREADS"] = str(threads)  # vLLM would drop torch to 1 thread otherwise
         torch.set_num_threads(threads)
+        self._set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -85,6 +87,10 @@ class VLLMEngine:
                 f"reproduce; use top_p=1 and top_k=-1 (got top_p={sampling.top_p}, top_k={sampling.top_k}) "
                 "or the hf engine"
             )
+        if sampling.temperature == 0 and sampling.n > 1:  # vLLM refuses greedy n > 1: n copies
+            once = self.generate(prompts, replace(sampling, n=1))
+            return [[Completion(list(c.token_ids), list(c.logprobs), c.text, c.finish_reason)
+                     for _ in range(sampling.n)] for (c,) in once]
         params = [
             SamplingParams(
                 n=sampling.n,
@@ -98,7 +104,8 @@ class VLLMEngine:
             )
             for i in range(len(prompts))
         ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                    use_tqdm=False)
         return [[to_completion(c) for c in out.outputs] for out in outputs]
 
     def score_choices(self, prompts: Sequence[Sequence[int]], choices: Sequence[str]) -> List[List[float]]:
@@ -111,7 +118,8 @@ class VLLMEngine:
             if not 0 < len(p) < self.max_model_len:
                 raise ValueError(f"prompt {i} has {len(p)} tokens; need 1 to {self.max_model_len - 1}")
         params = SamplingParams(temperature=0, max_tokens=1, logprob_token_ids=ids)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                    use_tqdm=False)
         return [[out.outputs[0].logprobs[0][t].logprob for t in ids] for out in outputs]
 
     def load_weights(self, version: int, weights: Dict[str, torch.Tensor]) -> None:
@@ -140,6 +148,7 @@ class VLLMEngine:
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
+            torch.set_num_threads = self._set_num_threads
 
 
 def to_completion(c) -> Completion:

@@ -100,7 +100,7 @@ def format_reward(completion: str) -> float:
 
 def tag_count_reward(completion: str) -> float:
     """0.25 for each R1 tag that occurs exactly once (with its newlines)."""
-    return sum(0.25 for tag in _TAGS if completion.count(tag) == 1)
+    return 0.25 * sum(completion.count(tag) == 1 for tag in _TAGS)
 
 
 def think_text(completion: str) -> str:

@@ -1,0 +1,167 @@
+"""One contract suite for every engine backend (transformers, vLLM), on SmolLM2-135M-Instruct in
+float32, checked against a plain teacher-forced transformers forward."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+import torch
+
+from rlkd_ray.config import EngineConfig
+from rlkd_ray.engines import make_engine
+from rlkd_ray.engines.base import Sampling, build_prompt_ids
+
+QUESTIONS = ["What is 2+3?", "Name a color.", "Write a haiku about the sea."]
+EOS = 2  # <|im_end|>
+
+
+def backends():
+    params = [pytest.param("hf")]
+    try:
+        import vllm  # noqa: F401
+
+        params.append(pytest.param("vllm"))
+    except ImportError:
+        params.append(pytest.param("vllm", marks=pytest.mark.skip(reason="vllm is not installed")))
+    return params
+
+
+@pytest.fixture(scope="module")
+def reference(student_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(student_path)
+
+
+@pytest.fixture(scope="module")
+def prompts(reference):
+    tok = reference[1]
+    return [build_prompt_ids(tok, [{"role": "user", "content": q}], 256) for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module", params=backends())
+def engine(request, student_path):
+    children, shm = psutil.Process().children(recursive=True), set(os.listdir("/dev/shm"))
+    cfg = EngineConfig(backend=request.param, max_model_len=256, kv_cache_gib=0.25, batch_size=8)
+    eng = make_engine(cfg, student_path, "float32", seed=0)
+    yield eng
+    eng.close()
+    assert psutil.Process().children(recursive=True) == children, "the engine left processes behind"
+    assert set(os.listdir("/dev/shm")) <= shm, "the engine left shared memory behind"
+
+
+def reference_logprobs(reference, prompt, completion, temperature):
+    """log_softmax(logits / T) of each completion token, teacher-forced (T = 0: plain log_softmax)."""
+    model = reference[0]
+    ids = torch.tensor([list(prompt) + completion.token_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+    logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+    return logp, logp.gather(-1, torch.tensor(completion.token_ids)[:, None]).squeeze(1)
+
+
+def fingerprint(out):
+    """Token ids and log-probs of the first completion of each prompt."""
+    return [(group[0].token_ids, group[0].logprobs) for group in out]
+
+
+GREEDY = Sampling(n=1, temperature=0.0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def greedy(engine, prompts):
+    return engine.generate(prompts, GREEDY)
+
+
+def test_greedy_answer_eos_and_reference_argmax(greedy, reference, prompts):
+    first = greedy[0][0]
+    assert first.text == "2 + 3 = 5"  # same text, so same ids, from every backend
+    assert first.token_ids[-1] == EOS and first.finish_reason == "stop"
+    assert [c.finish_reason for c in (greedy[1][0], greedy[2][0])] == ["length", "length"]
+    for prompt, (c,) in zip(prompts, greedy):
+        logp, picked = reference_logprobs(reference, prompt, c, 0.0)
+        assert c.token_ids == logp.argmax(-1).tolist()
+        assert c.logprobs == pytest.approx(picked.tolist(), abs=1e-3)
+
+
+def test_n_completions_per_prompt_in_prompt_order(engine, greedy, prompts):
+    out = engine.generate(prompts, Sampling(n=2, temperature=0.0, max_new_tokens=12))
+    assert [[c.token_ids for c in group] for group in out] == [[g[0].token_ids] * 2 for g in greedy]
+
+
+def test_sampled_logprobs_equal_reference_at_temperature(engine, reference, prompts):
+    sampling = Sampling(n=3, temperature=0.7, max_new_tokens=8, seed=3)
+    out = engine.generate(prompts[1:], sampling)
+    assert [len(group) for group in out] == [3, 3]
+    for prompt, group in zip(prompts[1:], out):
+        assert len({tuple(c.token_ids) for c in group}) > 1  # the n samples are not copies
+        for c in group:
+            assert len(c.token_ids) == len(c.logprobs) > 0
+            assert max(c.logprobs) <= 0
+            _, picked = reference_logprobs(reference, prompt, c, 0.7)
+            assert c.logprobs == pytest.approx(picked.tolist(), abs=1e-3)
+    seeded = Sampling(n=2, temperature=0.7, max_new_tokens=4, seed=5)
+    first, again = engine.generate(prompts[2:], seeded), engine.generate(prompts[2:], seeded)
+    assert [c.token_ids for c in first[0]] == [c.token_ids for c in again[0]]
+
+
+def test_max_new_tokens_cuts_the_greedy_path(engine, greedy, prompts):
+    (short,) = engine.generate(prompts[1:2], Sampling(temperature=0.0, max_new_tokens=4))[0]
+    assert short.token_ids == greedy[1][0].token_ids[:4] and short.finish_reason == "length"
+
+
+def test_stop_string_ends_at_the_token_that_completes_it(engine, greedy, reference, prompts):
+    tok = reference[1]
+    full = greedy[1][0]
+    assert full.text.startswith("The color I'm referring to")
+    # " referring" is one token: the stop string "refer" completes inside it
+    stop = Sampling(temperature=0.0, max_new_tokens=12, stop=["refer", "zzz"])
+    (c,) = engine.generate(prompts[1:2], stop)[0]
+    assert c.text == "The color I'm refer" and c.finish_reason == "stop"
+    assert c.token_ids == full.token_ids[: len(c.token_ids)]
+    assert tok.decode(c.token_ids) == "The color I'm referring"
+
+
+def test_score_choices_equal_reference(engine, reference, prompts):
+    model, tok = reference
+    scores = engine.score_choices(prompts, ["yes", "no"])
+    yes, no = (tok(w, add_special_tokens=False).input_ids[0] for w in ("yes", "no"))
+    for prompt, row in zip(prompts, scores):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt])).logits[0, -1].float(), dim=-1)
+        assert row == pytest.approx([logp[yes].item(), logp[no].item()], abs=1e-3)
+    with pytest.raises(ValueError, match="distinct"):
+        engine.score_choices(prompts, ["yes", "yes, indeed"])
+
+
+def test_too_long_prompt_is_an_error(engine):
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.generate([[1] * 250], Sampling(max_new_tokens=16))
+
+
+def test_weight_update_changes_and_restores_outputs(engine, greedy, reference, prompts):
+    before = greedy
+    original = {k: v.clone() for k, v in reference[0].state_dict().items()}
+    perturbed = dict(original)
+    # embed_tokens is tied to lm_head: both the inputs and the logits change
+    perturbed["model.embed_tokens.weight"] = original["model.embed_tokens.weight"] * 1.5
+    perturbed["lm_head.weight"] = perturbed["model.embed_tokens.weight"]
+    engine.load_weights(1, perturbed)
+    assert engine.version == 1
+    changed = engine.generate(prompts, GREEDY)
+    assert [g[0].token_ids for g in changed] != [g[0].token_ids for g in before]
+
+    with pytest.raises(ValueError, match="lm_head"):  # tied weights that disagree
+        engine.load_weights(9, {**original, "lm_head.weight": perturbed["lm_head.weight"]})
+    partial = {k: v for k, v in original.items() if "layers.0.self_attn.k_proj" not in k}
+    with pytest.raises(KeyError, match="k_proj"):
+        engine.load_weights(9, partial)
+    assert engine.version == 1
+
+    engine.load_weights(2, original)
+    assert engine.version == 2
+    after = engine.generate(prompts, GREEDY)
+    assert fingerprint(after) == fingerprint(before)
