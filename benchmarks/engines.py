@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward (hf)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kv-cache-gib", type=float, default=1.0)
-    p.add_argument("--syncs", type=int, default=3, help="timed weight syncs (and clones); the median is shown")
+    p.add_argument("--syncs", type=int, default=3, help="timed syncs and clones; the median is shown")
     return p.parse_args()
 
 
@@ -67,15 +67,17 @@ def main() -> None:
                for i in range(args.prompts)]
     sampling = Sampling(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=0)
     state = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).state_dict()
-    state_mb = sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in state.values()}.values()) / 2**20
+    unique = {t.data_ptr(): t for t in state.values()}.values()  # a tied lm_head counts once
+    state_mb = sum(t.numel() * t.element_size() for t in unique) / 2**20
     clone_s = median_seconds(lambda: {k: v.clone() for k, v in state.items()}, args.syncs)
 
     print(f"model {path} ({args.dtype}, {state_mb:.0f} MiB), {args.prompts} prompts x n={args.n}, "
           f"max_new_tokens={args.max_new_tokens}, T={args.temperature}, {args.threads} threads")
     results = {}
     for backend in args.backends.split(","):
-        cfg = EngineConfig(backend=backend, max_model_len=512 + args.max_new_tokens, kv_cache_gib=args.kv_cache_gib,
-                           cpu_threads=args.threads, batch_size=args.batch_size)
+        cfg = EngineConfig(backend=backend, max_model_len=512 + args.max_new_tokens,
+                           kv_cache_gib=args.kv_cache_gib, cpu_threads=args.threads,
+                           batch_size=args.batch_size)
         start = time.perf_counter()
         engine = make_engine(cfg, path, args.dtype)
         startup = time.perf_counter() - start
@@ -88,7 +90,7 @@ def main() -> None:
             sync_s = median_seconds(lambda: engine.load_weights(1, state), args.syncs)
         finally:
             engine.close()
-        results[backend] = dict(startup=startup, tokens=tokens, seconds=gen_s, tok_s=tokens / gen_s, sync=sync_s)
+        results[backend] = dict(tok_s=tokens / gen_s, sync=sync_s)
         print(f"{backend:>5}: start {startup:6.1f} s | {tokens:5d} tokens in {gen_s:6.1f} s = "
               f"{tokens / gen_s:7.1f} tok/s | weight sync {sync_s:5.2f} s = {sync_s / clone_s:4.1f}x clone")
     print(f"clone of the state dict ({state_mb:.0f} MiB): {clone_s:.2f} s")

@@ -28,6 +28,7 @@ from rlkd_ray.batching import build_batch
 from rlkd_ray.config import RLKDConfig, to_yaml
 from rlkd_ray.metrics import MetricsWriter, batch_metrics
 from rlkd_ray.pools import LearnerGroup, WorkerPool
+from rlkd_ray.rewards.registry import load_custom
 from rlkd_ray.progress import StepProgress
 from rlkd_ray.prompt_source import PromptSource
 from rlkd_ray.samples import PromptGroup
@@ -53,6 +54,7 @@ class Trainer:
         self.run_dir = Path(cfg.paths.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        load_custom(cfg.reward.custom)  # fail here, before any actor starts, on a bad import path
         self.source = PromptSource(cfg)
         r, w = cfg.rollout, cfg.reward
         self.rollouts = WorkerPool("rollout", lambda i: RolloutWorker.options(
@@ -136,7 +138,8 @@ class Trainer:
         group, result = event.payload
         try:
             ray.get(ref)
-        except RayActorError:
+        except RayActorError as e:
+            _raise_if_startup_failure(e, "rollout")
             self.replace_rollout_worker(event.wid)
             self.faults["rollout_resent"] += 1
             self.send_rollout(group)
@@ -157,7 +160,8 @@ class Trainer:
         self.rewards.done(ref)
         try:
             group: PromptGroup = ray.get(ref)
-        except RayActorError:  # the rollout result is still in the object store: score it again
+        except RayActorError as e:  # the rollout result is still in the object store: score it again
+            _raise_if_startup_failure(e, "reward")
             self.rewards.replace(event.wid)
             self.faults["reward_resent"] += 1
             self.send_reward(*event.payload)
@@ -248,3 +252,9 @@ class Trainer:
         self.synced = self.version
         print(f"resume: {ckpt} (step {self.step}, policy version {self.version})")
 
+
+
+def _raise_if_startup_failure(error: RayActorError, pool: str) -> None:
+    """A worker whose constructor raised is a configuration problem, not a fault to retry."""
+    if error.actor_init_failed:
+        raise RuntimeError(f"a {pool} worker failed to start (not retried): {error}") from error

@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 CACHE_DIR = os.path.expanduser(os.environ.get("RLKD_TEST_CACHE", "~/.cache/rlkd"))
 
 
@@ -50,8 +51,10 @@ def ray_cluster():
     """A loopback Ray cluster for the session; actors use fractional CPUs on the 2 cores."""
     import ray
 
+    # tests/ on the workers' path, for the custom reward the end-to-end test loads by import path.
+    pythonpath = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p)
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-                                       "RAY_AUTH_MODE": "disabled"}})
+                                       "RAY_AUTH_MODE": "disabled", "PYTHONPATH": pythonpath}})
     yield ray
     ray.shutdown()

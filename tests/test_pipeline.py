@@ -148,3 +148,22 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
     assert last["faults/workers_replaced"] >= len(killed)
     if "reward" in killed:
         assert last["faults/reward_resent"] >= 1
+
+
+def test_worker_that_cannot_start_stops_the_run(ray_cluster, cache_dir, tiny_model_path, tmp_path):
+    """A constructor error (here: a GSRM path that does not exist) is reported, not retried forever."""
+    from rlkd_ray.driver import Trainer
+
+    cfg = run_cfg(tmp_path / "run", cache_dir, f"model.student={tiny_model_path}",
+                  f"model.gsrm={tmp_path / 'no-such-model'}", "trainer.total_steps=1")
+    with pytest.raises(RuntimeError, match="reward worker failed to start"):
+        with Trainer(cfg) as trainer:
+            trainer.run()
+
+
+def test_bad_custom_reward_fails_before_any_actor(cache_dir, tmp_path):
+    from rlkd_ray.driver import Trainer
+
+    cfg = run_cfg(tmp_path / "run", cache_dir, "reward.custom=[{name: x, fn: 'no_such_module:f'}]")
+    with pytest.raises(ImportError, match=r"reward.custom\[0\].*no_such_module"):
+        Trainer(cfg)

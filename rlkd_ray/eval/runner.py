@@ -120,13 +120,16 @@ def _generate(pool: WorkerPool, chunks: Sequence[Chunk], sampling: Sampling, ben
             call.seed = _call_seed(sampling.seed, benchmark, chunk[0][0].id)
             ref, _ = pool.submit("generate_with", [ids for _, ids in chunk], call)
             inflight[ref] = chunk
-        ready, _ = ray.wait(list(inflight), num_returns=1)
+        ready: List[ray.ObjectRef] = []
+        while not ready:  # short waits, so that Ctrl-C stops a long eval
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
         pool.done(ready[0])
         try:
-            yield inflight.pop(ready[0]), ray.get(ready[0])
+            outputs = ray.get(ready[0])
         except RayActorError as e:
             raise EvalError(f"an eval worker died ({e}); finished problems are saved: run the same command "
                             f"again to resume") from e
+        yield inflight.pop(ready[0]), outputs
 
 
 def evaluate_benchmark(pool: WorkerPool, bench: Benchmark, tokenizer, cfg: RLKDConfig, settings: EvalSettings,
