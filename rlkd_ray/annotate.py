@@ -114,7 +114,8 @@ class ChatClient:
         """The first choice of the reply; raises RequestRejected or RetriesExhausted."""
         payload = {"model": self.model, "messages": messages, "temperature": self.temperature,
                    "max_tokens": self.max_tokens, "n": 1}
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             retry_after = None
             try:
                 response = self._http.post("chat/completions", json=payload)
@@ -133,7 +134,7 @@ class ChatClient:
                 self.retries += 1
                 delay = retry_delay(attempt, self.backoff_s, self.backoff_max_s, retry_after, self._rng)
             time.sleep(delay)
-        raise AssertionError("unreachable")
+            attempt += 1
 
     def close(self) -> None:
         self._http.close()

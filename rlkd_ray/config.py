@@ -201,6 +201,20 @@ class RayConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """GPU clusters: how new weights reach the rollout engines, and which nodes each pool runs on."""
+
+    weight_sync: str = "object_store"  # object_store (any device) | nccl (learner rank 0 -> engine workers, GPUs)
+    bucket_mb: int = 512  # nccl: bytes per broadcast (one flat buffer each)
+    sync_timeout_s: int = 600  # nccl: a rendezvous or a broadcast that takes longer fails
+    # A custom Ray resource that the nodes of one pool offer (`ray start --resources='{"rlkd_reward": 1}'`);
+    # every actor or tensor-parallel bundle of that pool asks for a sliver of it. None = any node.
+    learner_node: Optional[str] = None
+    rollout_node: Optional[str] = None
+    reward_node: Optional[str] = None
+
+
+@dataclass
 class AnnotateConfig:
     """`rlkd annotate`: GSRM targets written by an annotator model from the teacher traces of the
     prepared dataset `data.name` (prompt: `reward.domain`); accepted and rejected records as JSONL."""
@@ -265,6 +279,7 @@ class RLKDConfig:
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 class ConfigError(ValueError):
@@ -351,6 +366,7 @@ _CHOICES = {
     "annotate.engine.backend": ("hf", "vllm"),
     "sft.task": ("gsrm", "distill"),
     "sft.optim.schedule": ("constant_with_warmup", "cosine"),
+    "cluster.weight_sync": ("object_store", "nccl"),
 }
 
 
@@ -390,6 +406,12 @@ def validate(cfg: RLKDConfig) -> None:
         raise ConfigError(
             f"trainer.prompts_per_step x rollout.group_size = {rows} sequences per step must be a multiple of "
             f"learner.micro_batch_size x learner.world_size = {per_call}")
+    if cfg.cluster.bucket_mb < 1 or cfg.cluster.sync_timeout_s < 1:
+        raise ConfigError(f"'cluster.bucket_mb' and 'cluster.sync_timeout_s' must be >= 1, "
+                          f"got {cfg.cluster.bucket_mb}, {cfg.cluster.sync_timeout_s}")
+    if cfg.cluster.weight_sync == "nccl" and (cfg.learner.num_gpus <= 0 or cfg.rollout.num_gpus <= 0):
+        raise ConfigError("'cluster.weight_sync' is nccl, which needs GPUs on the learner and the rollout "
+                          f"workers; got learner.num_gpus={cfg.learner.num_gpus}, rollout.num_gpus={cfg.rollout.num_gpus}")
     for i, c in enumerate(cfg.reward.custom):
         if ":" not in c.fn:
             raise ConfigError(f"'reward.custom[{i}].fn' must be 'module:function', got {c.fn!r}")

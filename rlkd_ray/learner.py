@@ -118,7 +118,9 @@ class PolicyLearner:
         scale = self.engine.gradient_accumulation_steps() * self.world_size
         sums: Dict[str, float] = {}
         tokens = 0.0
-        for mb in micro_batches(local, cfg.learner.micro_batch_size):
+        pre_step_norm = None
+        mbs = list(micro_batches(local, cfg.learner.micro_batch_size))
+        for i, mb in enumerate(mbs):
             mb = _to(mb, self.device)
             logp, entropy = token_logprobs(self.engine, mb.input_ids, mb.attention_mask,
                                            cfg.rollout.temperature, with_entropy=True)
@@ -134,6 +136,8 @@ class PolicyLearner:
                 entropy=entropy if algo.entropy_coef else entropy.detach(),
                 num_tokens=batch.num_tokens)
             self.engine.backward(loss * scale)
+            if i == len(mbs) - 1:  # gradients are now all-reduced: the norm before clipping
+                pre_step_norm = self._grad_norm()
             self.engine.step()
             n = float(mb.loss_mask.sum().item())
             tokens += n
@@ -141,7 +145,8 @@ class PolicyLearner:
                 sums[k] = sums.get(k, 0.0) + v * n
         out = {f"{k}_sum": v for k, v in sums.items()}
         out["tokens"] = tokens
-        out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        norm = self.engine.get_global_grad_norm()  # set by DeepSpeed's ZeRO / mixed-precision optimizers
+        out["grad_norm"] = float(norm if norm is not None else pre_step_norm)
         out["lr"] = float(self.engine.get_lr()[0])
         return out
 
@@ -161,6 +166,8 @@ class PolicyLearner:
             logp, _ = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, temperature=1.0)
             loss, metrics = sft_loss(logp, mb.loss_mask, normaliser=total_weight)
             self.engine.backward(loss * scale)
+            if i == len(mbs) - 1:  # gradients are now all-reduced: the norm before clipping
+                pre_step_norm = self._grad_norm()
             self.engine.step()
             weight, tokens = float(mb.loss_mask.sum().item()), float((mb.loss_mask > 0).sum().item())
             sums["loss_sum"] += metrics["loss"] * weight
@@ -170,6 +177,14 @@ class PolicyLearner:
         sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         sums["lr"] = float(self.engine.get_lr()[0])
         return sums
+
+    def _grad_norm(self) -> float:
+        """Global L2 norm of the full gradients (plain fp32 stage 0, where DeepSpeed keeps no norm);
+        NaN where the gradients are partitioned, and DeepSpeed reports the norm itself."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if self.cfg.learner.zero_stage > 0 or not grads:
+            return math.nan
+        return float(torch.nn.utils.get_total_norm(grads).item())
 
     # -- weights and checkpoints ---------------------------------------------------------------
     def gather_weights(self) -> Optional[Dict[str, torch.Tensor]]:

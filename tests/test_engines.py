@@ -165,3 +165,34 @@ def test_weight_update_changes_and_restores_outputs(engine, greedy, reference, p
     assert engine.version == 2
     after = engine.generate(prompts, GREEDY)
     assert fingerprint(after) == fingerprint(before)
+
+
+def test_cpu_core_specs():
+    from rlkd_ray.engines.base import parse_cpu_cores
+
+    assert parse_cpu_cores("0") == [0]
+    assert parse_cpu_cores("3,0-1") == [0, 1, 3]
+    with pytest.raises(ValueError, match="x-2"):
+        parse_cpu_cores("x-2")
+
+
+def test_pin_to_cores_binds_every_thread():
+    """Threads started before and after the binding are bound; the binding is undone at the end."""
+    import threading
+
+    from rlkd_ray.engines.base import pin_to_cores
+
+    original = sorted(os.sched_getaffinity(0))
+    done = threading.Event()
+    before = threading.Thread(target=done.wait)
+    before.start()
+    try:
+        assert pin_to_cores(str(original[-1])) == [original[-1]]
+        after = threading.Thread(target=done.wait)
+        after.start()
+        tids = os.listdir("/proc/self/task")
+        assert {c for tid in tids for c in os.sched_getaffinity(int(tid))} == {original[-1]}
+    finally:
+        done.set()
+        pin_to_cores(",".join(map(str, original)))
+    assert sorted(os.sched_getaffinity(0)) == original

@@ -140,7 +140,7 @@ def test_read_annotations_names_the_bad_line(tmp_path):
 def sft_config(tmp_path, *extra):
     return load_config(None, [
         f"paths.cache_dir={tmp_path / 'cache'}", "model.dtype=float32", "learner.world_size=1",
-        "learner.num_cpus=2", "learner.num_gpus=0", "learner.micro_batch_size=1", f"sft.output_dir={tmp_path / 'sft'}",
+        "learner.num_cpus=2", "learner.num_gpus=0", "learner.micro_batch_size=2", f"sft.output_dir={tmp_path / 'sft'}",
         "sft.batch_size=2", "sft.optim.warmup_ratio=0", "sft.optim.schedule=constant_with_warmup",
         "logging.tensorboard=false", "logging.progress=false", *extra])
 
@@ -157,14 +157,14 @@ def test_gsrm_sft_loss_falls(ray_cluster, student_path, tmp_path):
                       f"[Query 2]: Is {a + b} - {b} = {a}?\n[Answer 2]: Yes\nSo the final answer is: {a + b}")
             f.write(json.dumps({"id": str(i), "problem": f"What is {a} + {b}?", "target": target,
                                 "reasoning": f"{a} + {b} = {a + b}. Check: {a + b} - {b} = {a}. So {a + b}."}) + "\n")
-    cfg = sft_config(tmp_path, f"model.gsrm={student_path}", f"sft.annotations={annotations}", "sft.total_steps=4",
+    cfg = sft_config(tmp_path, f"model.gsrm={student_path}", f"sft.annotations={annotations}", "sft.total_steps=3",
                      "reward.decompose_examples=0", "sft.optim.lr=1e-4", "sft.weights.meta=2.0")
     summary = run_sft(cfg)
     print(f"GSRM SFT on SmolLM2: losses {summary.losses}, s/step {summary.step_seconds}")
-    assert (summary.examples, summary.too_long, summary.steps) == (2, 0, 4)
-    assert summary.losses[-1] < 0.7 * summary.losses[0], summary.losses
+    assert (summary.examples, summary.too_long, summary.steps) == (2, 0, 3)
+    assert summary.losses[-1] < 0.5 * summary.losses[0], summary.losses
     metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4] and metrics[0]["lr"] == pytest.approx(1e-4)
+    assert [m["step"] for m in metrics] == [1, 2, 3] and metrics[0]["lr"] == pytest.approx(1e-4)
     tuned = AutoModelForCausalLM.from_pretrained(summary.hf_dir).state_dict()
     base = AutoModelForCausalLM.from_pretrained(student_path).state_dict()
     assert max((tuned[k] - base[k]).abs().max().item() for k in base) > 1e-4

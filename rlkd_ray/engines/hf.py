@@ -38,7 +38,8 @@ class HFEngine:
         if threads is not None:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype]).eval()
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # a Ray actor sees only its own GPU
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype]).to(device).eval()
         self.device = self.model.device
         self.batch_size = batch_size
         self.max_model_len = max_model_len

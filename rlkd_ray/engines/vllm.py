@@ -49,8 +49,7 @@ class VLLMEngine:
         threads = threads or torch.get_num_threads()
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ["OMP_NUM_THREADS"] = str(threads)  # vLLM would drop torch to 1 thread otherwise
-        torch.set_num_threads(threads)
-        self._set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op
+        torch._C.set_num_threads(threads)  # torch.set_num_threads itself, which vLLM's CPU worker patches
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -148,7 +147,7 @@ class VLLMEngine:
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
-            torch.set_num_threads = self._set_num_threads
+            torch.set_num_threads = torch._C.set_num_threads  # undo vLLM's process-wide no-op
 
 
 def to_completion(c) -> Completion:
@@ -159,7 +158,11 @@ def to_completion(c) -> Completion:
 
 
 def checkpoint_names(model_path: str) -> set:
-    """Tensor names stored in the safetensors files of a model folder."""
+    """Tensor names stored in the safetensors files of a model folder (or of a hub id vLLM fetched)."""
+    if not os.path.isdir(model_path):
+        from huggingface_hub import snapshot_download
+
+        model_path = snapshot_download(model_path, allow_patterns=["*.safetensors"], local_files_only=True)
     files = [f for f in os.listdir(model_path) if f.endswith(".safetensors")]
     if not files:
         raise FileNotFoundError(f"no .safetensors file in {model_path}")

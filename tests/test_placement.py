@@ -1,0 +1,65 @@
+"""Placement of the pools' actors: bundles of tensor-parallel engines, actor options, node resources."""
+
+from pathlib import Path
+
+import pytest
+
+from rlkd_ray.config import load_config
+from rlkd_ray.placement import NODE_SHARE, actor_options, engine_bundles, engine_placement
+
+
+def test_bundles_of_a_tensor_parallel_engine():
+    assert engine_bundles(4, num_cpus=2, num_gpus=1) == [{"CPU": 2, "GPU": 1}, {"GPU": 1}, {"GPU": 1}, {"GPU": 1}]
+    assert engine_bundles(2, num_cpus=1, num_gpus=1, node_resource="rlkd_rollout") == [
+        {"CPU": 1, "GPU": 1, "rlkd_rollout": NODE_SHARE}, {"GPU": 1, "rlkd_rollout": NODE_SHARE}]
+    assert engine_bundles(1, num_cpus=1, num_gpus=0) == [{"CPU": 1}]
+
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def test_cluster_configs_load():
+    one = load_config(CONF / "cluster.yaml")
+    gpus = (one.learner.world_size * one.learner.num_gpus + one.rollout.num_workers * one.rollout.num_gpus
+            + one.reward.num_workers * one.reward.num_gpus)
+    assert gpus == 8 and one.cluster.weight_sync == "nccl" and one.model.student == "Qwen/Qwen2.5-Math-7B"
+    many = load_config(CONF / "cluster_multinode.yaml")
+    assert many.rollout.num_workers * many.rollout.engine.tensor_parallel_size == 8
+    assert {many.cluster.learner_node, many.cluster.rollout_node, many.cluster.reward_node} == {
+        "rlkd_learner", "rlkd_rollout", "rlkd_reward"}
+
+
+def test_bundles_from_the_cluster_configs():
+    cfg = load_config(CONF / "cluster_multinode.yaml")
+    r = cfg.rollout
+    bundles = engine_bundles(r.engine.tensor_parallel_size, r.num_cpus, r.num_gpus, cfg.cluster.rollout_node)
+    assert len(bundles) == r.engine.tensor_parallel_size == 2
+    assert sum(b["GPU"] for b in bundles) == 2 and bundles[0]["CPU"] == r.num_cpus
+    assert all(b[cfg.cluster.rollout_node] == NODE_SHARE for b in bundles)
+
+
+def test_bad_bundles_are_refused():
+    with pytest.raises(ValueError, match="tensor_parallel_size must be >= 1"):
+        engine_bundles(0, 1, 1)
+    with pytest.raises(ValueError, match="needs num_gpus > 0"):
+        engine_bundles(2, 1, 0)
+    with pytest.raises(ValueError, match="both 0"):
+        engine_bundles(1, 0, 0)
+
+
+def test_actor_options():
+    assert actor_options(2, 1) == {"num_cpus": 2, "num_gpus": 1}
+    assert actor_options(1, 1, "rlkd_reward") == {"num_cpus": 1, "num_gpus": 1, "resources": {"rlkd_reward": NODE_SHARE}}
+    assert engine_placement(1, 1, 1, "rlkd_reward") == (actor_options(1, 1, "rlkd_reward"), None)
+
+
+def test_tensor_parallel_actor_sits_in_bundle_zero_and_lends_it_to_its_workers():
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    pg = PlacementGroup(PlacementGroupID.from_random())
+    opts = actor_options(1, 1, "rlkd_rollout", placement_group=pg)
+    strategy = opts.pop("scheduling_strategy")
+    assert opts == {"num_cpus": 1, "num_gpus": 0}  # its GPUs are the bundles' own, taken by the engine workers
+    assert strategy.placement_group is pg and strategy.placement_group_bundle_index == 0
+    assert strategy.placement_group_capture_child_tasks is True
