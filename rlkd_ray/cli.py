@@ -53,7 +53,9 @@ def cmd_prepare_data(cfg: RLKDConfig, args) -> None:
     from rlkd_ray.data import prepare_data
 
     prepared = prepare_data(cfg.data, cfg.paths.cache_dir, force=args.force)
-    print(prepared)
+    for split, path in prepared.splits.items():
+        print(f"{split}: {prepared.rows[split]} rows in {path}")
+    print(f"bad rows: {prepared.bad_rows}, filtered rows: {prepared.filtered}")
 
 
 def cmd_train(cfg: RLKDConfig, args) -> None:

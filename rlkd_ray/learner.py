@@ -161,7 +161,9 @@ class PolicyLearner:
         total_weight = float(batch.loss_mask.sum().item())
         scale = self.engine.gradient_accumulation_steps() * self.world_size
         sums = {"loss_sum": 0.0, "weight": 0.0, "nll_sum": 0.0, "tokens": 0.0}
-        for mb in micro_batches(shard(batch, self.rank, self.world_size), self.cfg.learner.micro_batch_size):
+        pre_step_norm = None
+        mbs = list(micro_batches(shard(batch, self.rank, self.world_size), self.cfg.learner.micro_batch_size))
+        for i, mb in enumerate(mbs):
             mb = _to(mb, self.device)
             logp, _ = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, temperature=1.0)
             loss, metrics = sft_loss(logp, mb.loss_mask, normaliser=total_weight)
@@ -174,7 +176,8 @@ class PolicyLearner:
             sums["weight"] += weight
             sums["nll_sum"] += metrics["nll"] * tokens
             sums["tokens"] += tokens
-        sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        norm = self.engine.get_global_grad_norm()  # set by DeepSpeed's ZeRO / mixed-precision optimizers
+        sums["grad_norm"] = float(norm if norm is not None else pre_step_norm)
         sums["lr"] = float(self.engine.get_lr()[0])
         return sums
 

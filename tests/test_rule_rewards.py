@@ -59,9 +59,10 @@ def test_unscorable_gold_is_none_not_zero(gold):
     assert acc.predicted == "2"
 
 
-def test_empty_boxed_prediction_does_not_parse():
+def test_empty_boxed_prediction_is_no_answer():
+    # an empty box is no answer (the same `last_boxed` reads gold solutions)
     acc = accuracy_reward(r1(r"$\boxed{}$"), "2")
-    assert acc == (0.0, "", "boxed answer does not parse")
+    assert acc == (0.0, None, "no \\boxed{} answer in the completion")
 
 
 def test_answer_section_is_preferred_then_whole_text():

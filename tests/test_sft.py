@@ -165,6 +165,7 @@ def test_gsrm_sft_loss_falls(ray_cluster, student_path, tmp_path):
     assert summary.losses[-1] < 0.5 * summary.losses[0], summary.losses
     metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3] and metrics[0]["lr"] == pytest.approx(1e-4)
+    assert all(m["grad_norm"] > 0 and m["tokens"] > 0 for m in metrics)
     tuned = AutoModelForCausalLM.from_pretrained(summary.hf_dir).state_dict()
     base = AutoModelForCausalLM.from_pretrained(student_path).state_dict()
     assert max((tuned[k] - base[k]).abs().max().item() for k in base) > 1e-4

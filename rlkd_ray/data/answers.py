@@ -28,7 +28,7 @@ def _braced(text: str, open_at: int) -> Optional[str]:
 
 def last_boxed(text: str) -> Optional[str]:
     """Content of the last `\\boxed{…}` / `\\fbox{…}` with balanced braces (also `\\boxed 5`),
-    or None when there is none."""
+    or None when there is none (an empty box counts as none)."""
     for match in reversed(list(_BOX_START.finditer(text))):
         rest = match.end()
         while rest < len(text) and text[rest] == " ":

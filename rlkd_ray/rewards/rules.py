@@ -12,6 +12,8 @@ from typing import NamedTuple, Optional
 
 import math_verify
 
+from rlkd_ray.data.answers import last_boxed
+
 # math-verify's timeouts use SIGALRM, which only the main thread may set.
 _MAIN_THREAD_TIMEOUT_S = 5
 
@@ -21,27 +23,12 @@ _FORMAT = re.compile(r"<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>\s*", re.
 # R1 tag-count reward: 0.25 for each of these tags found exactly once.
 _TAGS = ("<think>\n", "\n</think>\n", "\n<answer>\n", "\n</answer>")
 
-_BOXED = "\\boxed{"
 
 
 class Accuracy(NamedTuple):
     score: Optional[float]  # 1.0 / 0.0; None when the gold answer cannot be scored
     predicted: Optional[str]  # content of the boxed answer, None when there is none
     reason: Optional[str]  # why the score is not 1.0; None when correct
-
-
-def last_boxed(text: str) -> Optional[str]:
-    """Content of the last `\\boxed{…}` with balanced braces, or None."""
-    start = text.rfind(_BOXED)
-    while start != -1:
-        depth, i = 1, start + len(_BOXED)
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return text[start + len(_BOXED) : i - 1]
-        start = text.rfind(_BOXED, 0, start)
-    return None
 
 
 def answer_section(completion: str) -> Optional[str]:
