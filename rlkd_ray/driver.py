@@ -34,6 +34,9 @@ from rlkd_ray.prompt_source import PromptSource
 from rlkd_ray.samples import PromptGroup
 
 
+CONTROL_POLL_S = 2.0  # how often the driver reads the pool sizes asked for by `rlkd scale`
+
+
 @dataclass
 class _Event:
     kind: str  # rollout | reward | train | load
@@ -46,6 +49,7 @@ class Trainer:
     """`with Trainer(cfg) as t: summary = t.run()`; leaving the block shuts every actor down."""
 
     def __init__(self, cfg: RLKDConfig):
+        from actors.control import Control, control_name
         from actors.learner import Learner
         from actors.reward import RewardWorker
         from actors.rollout import RolloutWorker
@@ -62,6 +66,9 @@ class Trainer:
         self.rewards = WorkerPool("reward", lambda i: RewardWorker.options(
             num_cpus=w.num_cpus, num_gpus=w.num_gpus).remote(cfg, i), w.num_workers)
         self.learner = LearnerGroup(Learner, cfg)
+        self.control = Control.options(name=control_name(str(self.run_dir.resolve()))).remote(
+            {"rollout": r.num_workers, "reward": w.num_workers})
+        self.control_checked = time.monotonic()
         self.writer = MetricsWriter(self.run_dir, cfg.logging)
         self.step = 0  # optimizer steps done
         self.version = 0  # policy version of the learner's weights (= steps done)
@@ -84,6 +91,7 @@ class Trainer:
         self.rollouts.shutdown()
         self.rewards.shutdown()
         self.learner.shutdown()
+        ray.kill(self.control)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
@@ -97,7 +105,10 @@ class Trainer:
         while self.step < cfg.trainer.total_steps:
             next_group = self.dispatch_rollouts(next_group)
             self.maybe_train()
-            ready, _ = ray.wait(list(self.events), num_returns=1)
+            ready, _ = ray.wait(list(self.events), num_returns=1, timeout=CONTROL_POLL_S)
+            self.apply_control()
+            if not ready:
+                continue
             event = self.events.pop(ready[0])
             if event.kind == "rollout":
                 self.on_rollout(ready[0], event)
@@ -116,6 +127,19 @@ class Trainer:
             self.save()
         return {"steps": self.step, "version": self.version, "run_dir": str(self.run_dir),
                 "checkpoint": str(checkpointing.latest_checkpoint(self.run_dir)), "last": last}
+
+    def apply_control(self) -> None:
+        """Resize the pools to what `rlkd scale` last asked for (checked every few seconds)."""
+        if time.monotonic() - self.control_checked < CONTROL_POLL_S:
+            return
+        self.control_checked = time.monotonic()
+        for name, size in ray.get(self.control.sizes.remote()).items():
+            pool = self.rollouts if name == "rollout" else self.rewards
+            if size != len(pool):
+                print(f"scale: {name} pool {len(pool)} -> {size} workers")
+                for wid in pool.resize(size):
+                    if pool is self.rollouts:
+                        self.load_current_weights(wid)
 
     def dispatch_rollouts(self, next_group: int) -> int:
         """Send prompt groups whose step is within `max_staleness` versions of the synced weights."""
@@ -147,10 +171,14 @@ class Trainer:
         self.send_reward(group, result)
 
     def replace_rollout_worker(self, wid: int) -> None:
-        """A new rollout worker loads the current weights before it generates (actor call order)."""
         new = self.rollouts.replace(wid)
-        if new is not None and self.weights is not None:
-            self.rollouts.workers[new].load_weights.remote(self.synced, self.weights)
+        if new is not None:
+            self.load_current_weights(new)
+
+    def load_current_weights(self, wid: int) -> None:
+        """A new rollout worker loads the current weights before it generates (actor call order)."""
+        if self.weights is not None:
+            self.rollouts.workers[wid].load_weights.remote(self.synced, self.weights)
 
     def send_reward(self, group: PromptGroup, result: ray.ObjectRef) -> None:
         ref, wid = self.rewards.submit("score", result)
@@ -206,6 +234,7 @@ class Trainer:
             "faults/rollout_resent": self.faults["rollout_resent"],
             "faults/reward_resent": self.faults["reward_resent"],
             "faults/workers_replaced": self.rollouts.replacements + self.rewards.replacements,
+            "pool/rollout_workers": len(self.rollouts), "pool/reward_workers": len(self.rewards),
         })
         self.writer.log(self.step, metrics)
         if self.step % self.cfg.trainer.sample_log_every == 0:

@@ -35,15 +35,18 @@ class WorkerPool:
         self.load[wid] = 0
         return wid
 
-    def resize(self, size: int) -> None:
-        """Grow, or shrink by retiring the least-loaded workers (their queued calls still finish)."""
+    def resize(self, size: int) -> List[int]:
+        """Grow, or shrink by retiring the least-loaded workers (their queued calls still finish).
+        Returns the ids of the workers added."""
         if size < 1:
             raise ValueError(f"{self.name} pool size must be >= 1, got {size}")
+        added = []
         while len(self.workers) < size:
-            self._add()
+            added.append(self._add())
         while len(self.workers) > size:
             wid = min(self.workers, key=lambda w: self.load[w])
             self.retire(wid)
+        return added
 
     def retire(self, wid: int) -> None:
         self.retiring[wid] = self.workers.pop(wid)
