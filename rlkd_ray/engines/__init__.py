@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from rlkd_ray.config import EngineConfig
 from rlkd_ray.engines.base import Completion, Engine, Sampling
 
 __all__ = ["Completion", "Engine", "Sampling", "make_engine"]
 
 
-def make_engine(
-    engine_cfg: EngineConfig, model_path: str, dtype: str, seed: int = 0, cpu_cores: Optional[str] = None
-) -> Engine:
+def make_engine(engine_cfg: EngineConfig, model_path: str, dtype: str, seed: int = 0) -> Engine:
     """The backend `engine_cfg.backend` on `model_path` (imported only when chosen)."""
     if engine_cfg.backend == "hf":
         from rlkd_ray.engines.hf import HFEngine
@@ -24,7 +20,7 @@ def make_engine(
             max_model_len=engine_cfg.max_model_len,
             seed=seed,
             threads=engine_cfg.cpu_threads,
-            cpu_cores=cpu_cores,
+            cpu_cores=engine_cfg.cpu_cores,
         )
     if engine_cfg.backend == "vllm":
         from rlkd_ray.engines.vllm import VLLMEngine
@@ -37,7 +33,7 @@ def make_engine(
             enforce_eager=engine_cfg.enforce_eager,
             seed=seed,
             threads=engine_cfg.cpu_threads,
-            cpu_cores=cpu_cores,
+            cpu_cores=engine_cfg.cpu_cores,
             gpu_memory_utilization=engine_cfg.gpu_memory_utilization,
             tensor_parallel_size=engine_cfg.tensor_parallel_size,
         )

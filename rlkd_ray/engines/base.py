@@ -25,6 +25,10 @@ class Sampling:
     max_new_tokens: int = 256
     stop: List[str] = field(default_factory=list)
     seed: Optional[int] = None
+    # Behaviour log-probs are needed for training. Evaluation may set False, which lets the vLLM
+    # engine apply top-p / top-k (its log-probs would be post-truncation); `Completion.logprobs`
+    # is then empty on that engine.
+    logprobs: bool = True
 
 
 @dataclass

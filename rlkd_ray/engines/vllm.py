@@ -80,11 +80,11 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         check_request(prompts, sampling, self.max_model_len)
-        if sampling.temperature > 0 and (sampling.top_p < 1 or sampling.top_k != -1):
+        if sampling.logprobs and sampling.temperature > 0 and (sampling.top_p < 1 or sampling.top_k != -1):
             raise ValueError(
                 "the vllm engine returns log-probs after top-p/top-k truncation, which a trainer does not "
                 f"reproduce; use top_p=1 and top_k=-1 (got top_p={sampling.top_p}, top_k={sampling.top_k}) "
-                "or the hf engine"
+                "or the hf engine, or Sampling(logprobs=False) where no log-probs are needed"
             )
         if sampling.temperature == 0 and sampling.n > 1:  # vLLM refuses greedy n > 1: n copies
             once = self.generate(prompts, replace(sampling, n=1))
@@ -94,12 +94,14 @@ class VLLMEngine:
             SamplingParams(
                 n=sampling.n,
                 temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
                 max_tokens=sampling.max_new_tokens,
                 stop=list(sampling.stop),
                 include_stop_str_in_output=True,
                 # vLLM gives the k-th sample of a request seed + k: prompts get disjoint ranges
                 seed=None if sampling.seed is None else sampling.seed + i * sampling.n,
-                logprobs=0,
+                logprobs=0 if sampling.logprobs else None,
             )
             for i in range(len(prompts))
         ]
@@ -153,7 +155,7 @@ class VLLMEngine:
 def to_completion(c) -> Completion:
     if c.finish_reason not in ("stop", "length"):
         raise RuntimeError(f"vLLM finished a completion with {c.finish_reason!r}")
-    logprobs = [step[t].logprob for step, t in zip(c.logprobs, c.token_ids)]
+    logprobs = [step[t].logprob for step, t in zip(c.logprobs, c.token_ids)] if c.logprobs else []
     return Completion(list(c.token_ids), logprobs, c.text, c.finish_reason)
 
 
