@@ -4,10 +4,12 @@ paths online (`GroupScorer.teacher_structure` reads the stored text).
 
 The traces go through the reward pool on Ray (`RewardWorker.decompose`, least-loaded worker first,
 all traces of one problem in one batched call). A trace whose decomposition has no step is a parse
-failure: its `teacher_structure` stays empty, and it is listed with the parser's errors in
-`<dataset>/teacher_structure_failures.jsonl`. A parsed one is stored in canonical form
-(`format_structure`). The new dataset version replaces the old folder by renames; its marker keeps
-the build configuration (so `prepare-data` still re-uses it) and records the run.
+failure: its `teacher_structure` stays empty. One with steps is stored in canonical form
+(`format_structure`), also when the parser noted deviations (a warning; training would use the same
+steps if it decomposed the trace online). Every failure and warning is listed with the parser's
+errors in `<dataset>/teacher_structure_errors.jsonl` (`kind`: failure | warning). The new dataset
+version replaces the old folder by renames; its marker keeps the build configuration (so
+`prepare-data` still re-uses it) and records the run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Dict, List, Tuple
 from rlkd_ray.config import RLKDConfig
 from rlkd_ray.gsrm import Structure, format_structure
 
-FAILURES_FILE = "teacher_structure_failures.jsonl"
+ERRORS_FILE = "teacher_structure_errors.jsonl"
 SPLIT = "train"  # the split whose teacher traces the reward pool compares against
 
 
@@ -38,7 +40,7 @@ class StructuresSummary:
     failures: int  # decomposed into no step
     with_warnings: int  # decomposed into steps, with deviations from the format noted by the parser
     seconds: float
-    failures_file: str
+    errors_file: str  # the failures and warnings with the parser's errors
 
     @property
     def failure_rate(self) -> float:
@@ -98,7 +100,7 @@ def decompose_traces(cfg: RLKDConfig, traces: List[Tuple[str, str, str]]) -> Dic
 
 def store_structures(cache_dir: str | Path, name: str, structures: Dict[str, Structure], info: dict) -> Path:
     """A new version of the prepared dataset `name` with `teacher_structure` of the train rows in
-    `structures` set (canonical text; None for a structure without steps) and the failures file."""
+    `structures` set (canonical text; None for a structure without steps) and the errors file."""
     import datasets
 
     from rlkd_ray.data.prepare import MARKER, data_root
@@ -116,13 +118,14 @@ def store_structures(cache_dir: str | Path, name: str, structures: Dict[str, Str
     splits[SPLIT] = train.remove_columns("teacher_structure").add_column("teacher_structure", column,
                                                                           feature=feature)
     marker["teacher_structures"] = info
-    failures = [{"id": id, "errors": s.errors} for id, s in structures.items() if not s.steps]
+    errors = [{"id": id, "kind": "warning" if s.steps else "failure", "errors": s.errors}
+              for id, s in structures.items() if s.errors]
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root.parent))
     try:
         datasets.DatasetDict(splits).save_to_disk(str(tmp))
-        with open(tmp / FAILURES_FILE, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in failures)
+        with open(tmp / ERRORS_FILE, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in errors)
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the folder is an ordinary cache entry
         old = root.with_name(f".{root.name}.old-{os.getpid()}")
@@ -157,7 +160,7 @@ def prepare_structures(cfg: RLKDConfig, force: bool = False) -> StructuresSummar
     return StructuresSummary(
         dataset=str(root), traces=len(with_trace), kept=len(with_trace) - len(todo), decomposed=len(structures),
         failures=failures, with_warnings=sum(bool(s.steps and s.errors) for s in structures.values()),
-        seconds=time.perf_counter() - start, failures_file=str(root / FAILURES_FILE))
+        seconds=time.perf_counter() - start, errors_file=str(root / ERRORS_FILE))
 
 
 def cmd_prepare_structures(cfg: RLKDConfig, args) -> None:
@@ -171,9 +174,9 @@ def cmd_prepare_structures(cfg: RLKDConfig, args) -> None:
     finally:
         if started_here:
             ray.shutdown()
-    print(json.dumps(asdict(s) | {"failure_rate": round(s.failure_rate, 4)}, indent=1))
+    print(json.dumps(asdict(s) | {"seconds": round(s.seconds, 1), "failure_rate": round(s.failure_rate, 4)}, indent=1))
     print(f"[structures] parse failures: {s.failures} of {s.decomposed} ({100 * s.failure_rate:.1f} %), "
-          f"listed in {s.failures_file}")
+          f"warnings: {s.with_warnings}; listed in {s.errors_file}")
 
 
 def add_structures_arguments(parser) -> None:

