@@ -239,9 +239,22 @@ class Trainer:
         self.writer.log(self.step, metrics)
         if self.step % self.cfg.trainer.sample_log_every == 0:
             self.writer.log_samples(self.step, groups, self.cfg.trainer.num_logged_samples)
+        if self.cfg.trainer.eval_every and self.step % self.cfg.trainer.eval_every == 0:
+            self.evaluate()
         if self.step % self.cfg.trainer.save_every == 0:
             self.save()
         return metrics
+
+    def evaluate(self) -> None:
+        """Held-out eval with the rollout workers, which now hold version `self.version` (their
+        calls run in order, so queued rollouts of later steps do not change that)."""
+        from rlkd_ray.eval import eval_metrics
+        from rlkd_ray.eval.runner import run_eval
+
+        t = self.cfg.trainer
+        results = run_eval(self.cfg, self.rollouts, t.eval_benchmarks, self.run_dir / "eval" / f"step_{self.step:06d}",
+                           limit=t.eval_limit, label=f"{self.cfg.model.student} @ step {self.step}")
+        self.writer.log(self.step, eval_metrics(results))
 
     def sync_weights(self) -> float:
         """One bucketed transfer: the learner puts the full state once into the object store, every

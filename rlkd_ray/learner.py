@@ -106,22 +106,12 @@ class PolicyLearner:
 
     # -- the GRPO step -------------------------------------------------------------------------
     def train_step(self, batch: TrainBatch) -> Dict[str, float]:
-        """One optimizer step over this rank's share of the global batch.
-
-        Each micro-batch loss is its token sum over the *global* token count; DeepSpeed divides by
-        the accumulation steps and averages over ranks, so both are multiplied back: the gradient
-        is that of the token-level mean over the whole batch, whatever the world size.
-        """
+        """One GRPO optimizer step over this rank's share of the global batch. Returns token-weighted
+        metric sums (`<name>_sum`, `tokens`) that `LearnerGroup.reduce_metrics` adds over ranks."""
         cfg, algo = self.cfg, self.cfg.algo
-        self.engine.train()
-        local = shard(batch, self.rank, self.world_size)
-        scale = self.engine.gradient_accumulation_steps() * self.world_size
-        sums: Dict[str, float] = {}
-        tokens = 0.0
-        pre_step_norm = None
-        mbs = list(micro_batches(local, cfg.learner.micro_batch_size))
-        for i, mb in enumerate(mbs):
-            mb = _to(mb, self.device)
+        sums: Dict[str, float] = {"tokens": 0.0}
+
+        def micro_loss(mb: TrainBatch) -> torch.Tensor:
             logp, entropy = token_logprobs(self.engine, mb.input_ids, mb.attention_mask,
                                            cfg.rollout.temperature, with_entropy=True)
             ref_logp = None
@@ -135,20 +125,15 @@ class PolicyLearner:
                 entropy_coef=algo.entropy_coef,
                 entropy=entropy if algo.entropy_coef else entropy.detach(),
                 num_tokens=batch.num_tokens)
-            self.engine.backward(loss * scale)
-            if i == len(mbs) - 1:  # gradients are now all-reduced: the norm before clipping
-                pre_step_norm = self._grad_norm()
-            self.engine.step()
             n = float(mb.loss_mask.sum().item())
-            tokens += n
+            sums["tokens"] += n
             for k, v in metrics.items():  # token-weighted, so that ranks and micro-batches add up
-                sums[k] = sums.get(k, 0.0) + v * n
-        out = {f"{k}_sum": v for k, v in sums.items()}
-        out["tokens"] = tokens
-        norm = self.engine.get_global_grad_norm()  # set by DeepSpeed's ZeRO / mixed-precision optimizers
-        out["grad_norm"] = float(norm if norm is not None else pre_step_norm)
-        out["lr"] = float(self.engine.get_lr()[0])
-        return out
+                sums[f"{k}_sum"] = sums.get(f"{k}_sum", 0.0) + v * n
+            return loss
+
+        sums["grad_norm"] = self._optimizer_step(batch, micro_loss)
+        sums["lr"] = float(self.engine.get_lr()[0])
+        return sums
 
     # -- supervised fine-tuning ----------------------------------------------------------------
     def sft_step(self, batch: TrainBatch) -> Dict[str, float]:
@@ -157,29 +142,41 @@ class PolicyLearner:
         weighted mean over the whole batch. Sums for `rlkd_ray.sft.reduce_metrics`."""
         if self.engine.train_batch_size() != len(batch):  # SFT batches need not match the RL step
             self.engine.set_train_batch_size(len(batch))
-        self.engine.train()
         total_weight = float(batch.loss_mask.sum().item())
-        scale = self.engine.gradient_accumulation_steps() * self.world_size
         sums = {"loss_sum": 0.0, "weight": 0.0, "nll_sum": 0.0, "tokens": 0.0}
-        pre_step_norm = None
-        mbs = list(micro_batches(shard(batch, self.rank, self.world_size), self.cfg.learner.micro_batch_size))
-        for i, mb in enumerate(mbs):
-            mb = _to(mb, self.device)
+
+        def micro_loss(mb: TrainBatch) -> torch.Tensor:
             logp, _ = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, temperature=1.0)
             loss, metrics = sft_loss(logp, mb.loss_mask, normaliser=total_weight)
-            self.engine.backward(loss * scale)
-            if i == len(mbs) - 1:  # gradients are now all-reduced: the norm before clipping
-                pre_step_norm = self._grad_norm()
-            self.engine.step()
             weight, tokens = float(mb.loss_mask.sum().item()), float((mb.loss_mask > 0).sum().item())
             sums["loss_sum"] += metrics["loss"] * weight
             sums["weight"] += weight
             sums["nll_sum"] += metrics["nll"] * tokens
             sums["tokens"] += tokens
-        norm = self.engine.get_global_grad_norm()  # set by DeepSpeed's ZeRO / mixed-precision optimizers
-        sums["grad_norm"] = float(norm if norm is not None else pre_step_norm)
+            return loss
+
+        sums["grad_norm"] = self._optimizer_step(batch, micro_loss)
         sums["lr"] = float(self.engine.get_lr()[0])
         return sums
+
+    def _optimizer_step(self, batch: TrainBatch, micro_loss) -> float:
+        """Backward of `micro_loss(mb)` over this rank's micro-batches, then one optimizer step.
+
+        Each micro-batch loss is normalised by the *global* batch (token count or weight); DeepSpeed
+        divides by the accumulation steps and averages over ranks, so both are multiplied back: the
+        gradient is that of the mean over the whole batch, whatever the world size. Returns the
+        gradient norm before clipping."""
+        self.engine.train()
+        scale = self.engine.gradient_accumulation_steps() * self.world_size
+        mbs = list(micro_batches(shard(batch, self.rank, self.world_size), self.cfg.learner.micro_batch_size))
+        pre_step_norm = math.nan
+        for i, mb in enumerate(mbs):
+            self.engine.backward(micro_loss(_to(mb, self.device)) * scale)
+            if i == len(mbs) - 1:  # gradients are now all-reduced: the norm before clipping
+                pre_step_norm = self._grad_norm()
+            self.engine.step()
+        norm = self.engine.get_global_grad_norm()  # set by DeepSpeed's ZeRO / mixed-precision optimizers
+        return float(norm if norm is not None else pre_step_norm)
 
     def _grad_norm(self) -> float:
         """Global L2 norm of the full gradients (plain fp32 stage 0, where DeepSpeed keeps no norm);

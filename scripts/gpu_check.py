@@ -83,9 +83,9 @@ def engine_checks(path: str) -> Dict[str, object]:
 
     def start():
         engine = HFEngine(path, dtype="float32", batch_size=16, max_model_len=1024, seed=0)
+        ctx["engine"] = engine
         if engine.device.type != DEVICE.type:
             raise AssertionError(f"HFEngine runs on {engine.device}, expected {DEVICE}")
-        ctx["engine"] = engine
         ctx["prompts"] = [build_prompt_ids(engine.tokenizer, [{"role": "user", "content": q}], 256) for q in QUESTIONS]
         return f"on {engine.device}"
 
@@ -161,12 +161,12 @@ def learner_checks(path: str, steps: int, ctx: Dict[str, object]) -> None:
             "rollout.temperature=0.7", "algo.kl_beta=0.04", "learner.optim.lr=1e-4",
             "learner.optim.warmup_ratio=0", f"trainer.total_steps={steps}"])
         learner = PolicyLearner(cfg, path)
+        ctx["learner"] = learner  # the next checks run even if the assertion below fails
         backend = torch.distributed.get_backend()
         dtype = next(learner.engine.module.parameters()).dtype
         want = "nccl" if DEVICE.type == "cuda" else "gloo"
         assert learner.device.type == DEVICE.type and backend == want and dtype == torch.bfloat16, (
             learner.device, backend, dtype)
-        ctx["learner"] = learner
         return f"DeepSpeed on {learner.device}, backend {backend}, {dtype}, ZeRO {cfg.learner.zero_stage}"
 
     def batch():
@@ -297,7 +297,7 @@ def main() -> int:
     import transformers
 
     name = torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "CPU (dry run)"
-    nccl = ".".join(map(str, torch.cuda.nccl.version())) if DEVICE.type == "cuda" else "-"
+    nccl = str(torch.cuda.nccl.version()) if DEVICE.type == "cuda" else "-"
     print(f"device: {name}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"transformers {transformers.__version__}, NCCL {nccl}")
     try:
@@ -314,6 +314,8 @@ def main() -> int:
     ctx = engine_checks(path)
     learner_checks(path, args.steps, ctx)
     weight_checks(ctx)
+    if torch.distributed.is_initialized():  # the learner's one-rank world
+        torch.distributed.destroy_process_group()
     peak = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.type == "cuda" else float("nan")
     print(f"{sum(RESULTS)}/{len(RESULTS)} checks passed in {time.perf_counter() - start:.1f} s; "
           f"peak GPU memory {peak:.2f} GiB")

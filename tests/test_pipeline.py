@@ -62,7 +62,8 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
     # the GSRM/judge is the tiny model (the real GSRM path is exercised by tests/test_scoring.py and
     # `make train-local`). A length bonus gives non-zero advantages from
     # the first step, through the custom-reward registry.
-    common = (f"model.gsrm={tiny_model_path}", "trainer.save_every=2",
+    common = (f"model.gsrm={tiny_model_path}", "trainer.save_every=2", "trainer.eval_every=2",
+              "trainer.eval_limit=2", "eval.n=2", "eval.max_new_tokens=16",
               "reward.custom=[{name: length, fn: 'custom_rewards:length_bonus', weight: 1.0}]")
     backend = "vllm" if has_vllm() else "hf"  # conf/local.yaml's default engine, where installed
     cfg = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=2", *common, backend=backend)
@@ -88,6 +89,10 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
     assert max((trained[k] - initial[k]).abs().max().item() for k in initial) > 0
 
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    evals = [m for m in metrics if "eval/math500/pass@1" in m]  # the in-training eval of step 2
+    assert [m["step"] for m in evals] == [2] and 0.0 <= evals[0]["eval/math500/pass@1"] <= 1.0
+    assert (tmp_path / "run" / "eval" / "step_000002" / "results.json").exists()
+    metrics = [m for m in metrics if m not in evals]
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
         for key in ("reward/total", "reward/accuracy", "reward/format", "reward/tag_count",
@@ -111,7 +116,7 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
                    backend=backend)
     with Trainer(cfg3) as trainer:
         assert trainer.run()["steps"] == 3
-    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "version" in m]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["version"] == 3
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_000003"

@@ -63,3 +63,14 @@ def test_tensor_parallel_actor_sits_in_bundle_zero_and_lends_it_to_its_workers()
     assert opts == {"num_cpus": 1, "num_gpus": 0}  # its GPUs are the bundles' own, taken by the engine workers
     assert strategy.placement_group is pg and strategy.placement_group_bundle_index == 0
     assert strategy.placement_group_capture_child_tasks is True
+
+
+def test_nccl_weight_sync_needs_gpus_and_positive_buckets():
+    from rlkd_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'cluster.weight_sync' is nccl.*rollout.num_gpus=0"):
+        load_config(CONF / "local.yaml", ["cluster.weight_sync=nccl"])
+    with pytest.raises(ConfigError, match="'cluster.bucket_mb'"):
+        load_config(CONF / "cluster.yaml", ["cluster.bucket_mb=0"])
+    with pytest.raises(ConfigError, match="choose one of object_store, nccl"):
+        load_config(CONF / "cluster.yaml", ["cluster.weight_sync=ray"])

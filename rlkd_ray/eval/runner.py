@@ -153,7 +153,8 @@ def evaluate_benchmark(pool: WorkerPool, bench: Benchmark, tokenizer, cfg: RLKDC
     per_call = max(1, cfg.rollout.engine.batch_size // settings.n)
     chunks = [todo[i: i + per_call] for i in range(0, len(todo), per_call)]
     sampling = Sampling(n=settings.n, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                        max_new_tokens=settings.max_new_tokens, stop=list(cfg.rollout.stop), seed=settings.seed)
+                        max_new_tokens=settings.max_new_tokens, stop=list(cfg.rollout.stop), seed=settings.seed,
+                        logprobs=False)  # eval needs no behaviour log-probs; vLLM then applies top-p / top-k
     records = {p.id: done[p.id] for p in bench.problems if p.id in done}
     bar = tqdm(total=len(records) + len(todo), initial=len(records), desc=f"eval {bench.name}", unit="problem",
                disable=not cfg.logging.progress, dynamic_ncols=True)
