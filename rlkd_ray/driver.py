@@ -27,6 +27,7 @@ from rlkd_ray.algo.advantages import group_advantages
 from rlkd_ray.batching import build_batch
 from rlkd_ray.config import RLKDConfig, to_yaml
 from rlkd_ray.metrics import MetricsWriter, batch_metrics
+from rlkd_ray.placement import actor_options
 from rlkd_ray.pools import LearnerGroup, WorkerPool
 from rlkd_ray.rewards.registry import load_custom
 from rlkd_ray.progress import StepProgress
@@ -60,11 +61,12 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         load_custom(cfg.reward.custom)  # fail here, before any actor starts, on a bad import path
         self.source = PromptSource(cfg)
-        r, w = cfg.rollout, cfg.reward
+        check_supported(cfg)
+        r, w, c = cfg.rollout, cfg.reward, cfg.cluster
         self.rollouts = WorkerPool("rollout", lambda i: RolloutWorker.options(
-            num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(cfg, i), r.num_workers)
+            **actor_options(r.num_cpus, r.num_gpus, c.rollout_node)).remote(cfg, i), r.num_workers)
         self.rewards = WorkerPool("reward", lambda i: RewardWorker.options(
-            num_cpus=w.num_cpus, num_gpus=w.num_gpus).remote(cfg, i), w.num_workers)
+            **actor_options(w.num_cpus, w.num_gpus, c.reward_node)).remote(cfg, i), w.num_workers)
         self.learner = LearnerGroup(Learner, cfg)
         self.control = Control.options(name=control_name(str(self.run_dir.resolve()))).remote(
             {"rollout": r.num_workers, "reward": w.num_workers})
@@ -294,6 +296,20 @@ class Trainer:
         self.synced = self.version
         print(f"resume: {ckpt} (step {self.step}, policy version {self.version})")
 
+
+
+def check_supported(cfg: RLKDConfig) -> None:
+    """Cluster features whose parts exist but that the driver does not drive yet: refuse them
+    clearly rather than run something else."""
+    if cfg.cluster.weight_sync == "nccl":
+        raise NotImplementedError(
+            "cluster.weight_sync=nccl: the NCCL transfer (rlkd_ray/weight_sync.py) is not connected to the "
+            "driver yet; use cluster.weight_sync=object_store (works on GPUs too)")
+    for pool in ("rollout", "reward"):
+        if getattr(cfg, pool).engine.tensor_parallel_size > 1:
+            raise NotImplementedError(
+                f"{pool}.engine.tensor_parallel_size > 1: the placement groups of tensor-parallel engines "
+                "(rlkd_ray/placement.py) are not used by the driver yet; use 1")
 
 
 def _raise_if_startup_failure(error: RayActorError, pool: str) -> None:

@@ -104,8 +104,10 @@ class LearnerGroup:
     """The learner ranks as one object: one torch.distributed world, one call per step."""
 
     def __init__(self, learner_cls, cfg):
+        from rlkd_ray.placement import actor_options
+
         ws = cfg.learner.world_size
-        opts = dict(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
+        opts = actor_options(cfg.learner.num_cpus, cfg.learner.num_gpus, cfg.cluster.learner_node)
         self.ranks = [learner_cls.options(**opts).remote(cfg, rank) for rank in range(ws)]
         addr, port = ray.get(self.ranks[0].address.remote())
         ray.get([r.setup.remote(addr, port) for r in self.ranks])

@@ -22,7 +22,7 @@ def test_cluster_configs_load():
     one = load_config(CONF / "cluster.yaml")
     gpus = (one.learner.world_size * one.learner.num_gpus + one.rollout.num_workers * one.rollout.num_gpus
             + one.reward.num_workers * one.reward.num_gpus)
-    assert gpus == 8 and one.cluster.weight_sync == "nccl" and one.model.student == "Qwen/Qwen2.5-Math-7B"
+    assert gpus == 8 and one.cluster.weight_sync == "object_store" and one.model.student == "Qwen/Qwen2.5-Math-7B"
     many = load_config(CONF / "cluster_multinode.yaml")
     assert many.rollout.num_workers * many.rollout.engine.tensor_parallel_size == 8
     assert {many.cluster.learner_node, many.cluster.rollout_node, many.cluster.reward_node} == {
@@ -30,12 +30,22 @@ def test_cluster_configs_load():
 
 
 def test_bundles_from_the_cluster_configs():
-    cfg = load_config(CONF / "cluster_multinode.yaml")
+    cfg = load_config(CONF / "cluster_multinode.yaml", ["rollout.engine.tensor_parallel_size=2"])
     r = cfg.rollout
     bundles = engine_bundles(r.engine.tensor_parallel_size, r.num_cpus, r.num_gpus, cfg.cluster.rollout_node)
     assert len(bundles) == r.engine.tensor_parallel_size == 2
     assert sum(b["GPU"] for b in bundles) == 2 and bundles[0]["CPU"] == r.num_cpus
     assert all(b[cfg.cluster.rollout_node] == NODE_SHARE for b in bundles)
+
+
+def test_driver_refuses_what_it_does_not_drive_yet():
+    from rlkd_ray.driver import check_supported
+
+    check_supported(load_config(CONF / "cluster.yaml"))
+    with pytest.raises(NotImplementedError, match="weight_sync=nccl.*object_store"):
+        check_supported(load_config(CONF / "cluster.yaml", ["cluster.weight_sync=nccl"]))
+    with pytest.raises(NotImplementedError, match="rollout.engine.tensor_parallel_size"):
+        check_supported(load_config(CONF / "cluster.yaml", ["rollout.engine.tensor_parallel_size=2"]))
 
 
 def test_bad_bundles_are_refused():
