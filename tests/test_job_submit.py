@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -46,11 +48,12 @@ def ray_head(tmp_path):
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1")
     env.pop("RAY_ADDRESS", None)
     gcs_port, dash_port = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     log = open(tmp_path / "ray_head.log", "w")
     head = subprocess.Popen(
         [f"{bin_dir}/ray", "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=4",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-         "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}"],
+         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash_port}"
     try:
@@ -64,6 +67,7 @@ def ray_head(tmp_path):
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_trains(ray_head, tiny_model_path, cache_dir, tmp_path):
@@ -74,7 +78,11 @@ def test_ray_job_submit_trains(ray_head, tiny_model_path, cache_dir, tmp_path):
            f"model.gsrm={tiny_model_path}", f"paths.run_dir={run_dir}", f"paths.cache_dir={cache_dir}",
            "trainer.total_steps=1", "data.train.limit=8", "rollout.max_new_tokens=16",
            "reward.decompose_max_new_tokens=16", "logging.progress=false"]
-    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    for _ in range(12):  # the head's job agent starts a little after its HTTP server (bounded wait)
+        out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+        if "No available agent to submit job" not in out.stdout + out.stderr:
+            break
+        time.sleep(10)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "succeeded" in out.stdout
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
