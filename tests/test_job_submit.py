@@ -53,7 +53,10 @@ def ray_head(tmp_path):
     head = subprocess.Popen(
         [f"{bin_dir}/ray", "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=4",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+         "--disable-usage-stats", f"--temp-dir={temp_dir}",
+         # Own ports for the node's agents: another Ray instance of this test session holds the defaults.
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash_port}"
     try:
