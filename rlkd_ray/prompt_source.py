@@ -58,6 +58,7 @@ class PromptSource:
         if too_long:
             print(f"data: left out {too_long} of {len(dataset)} problems whose prompt is over "
                   f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}")
+        self._order_epoch, self._order = -1, None
         if not self.problems:
             raise ValueError(f"data '{cfg.data.name}': no training problem fits rollout.max_prompt_tokens")
 
@@ -69,7 +70,10 @@ class PromptSource:
         epoch, offset = divmod(position, len(self.problems))
         if not self.cfg.data.shuffle:
             return offset
-        return int(np.random.default_rng(self.cfg.trainer.seed + epoch).permutation(len(self.problems))[offset])
+        if self._order_epoch != epoch:  # one permutation per epoch, not one per prompt group
+            self._order = np.random.default_rng(self.cfg.trainer.seed + epoch).permutation(len(self.problems))
+            self._order_epoch = epoch
+        return int(self._order[offset])
 
     def group(self, step: int, slot: int) -> PromptGroup:
         i = self.index(step * self.cfg.trainer.prompts_per_step + slot)
