@@ -20,6 +20,7 @@ class Learner:
         set_threads(cfg.learner.num_cpus)
         self.cfg, self.rank = cfg, rank
         self.learner = None
+        self.sync_group = None  # rank 0's member of the broadcast weight-sync group
 
     def address(self) -> tuple:
         """(ip, free port) of this node, for rank 0 to host the rendezvous."""
@@ -47,6 +48,23 @@ class Learner:
         """Rank 0 puts the full state dict into the object store once and returns [its reference]."""
         weights = self.learner.gather_weights()
         return None if weights is None else [ray.put(weights)]
+
+    def join_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
+        """Rank 0 hosts the broadcast group's rendezvous at host:port and is its rank 0 (the sender)."""
+        from rlkd_ray.weight_sync import SyncGroup
+
+        if self.rank == 0:
+            self.sync_group = SyncGroup(host, port, 0, world_size, self.learner.device, timeout_s)
+
+    def broadcast_weights(self, version: int) -> Optional[float]:
+        """Collective over the learner ranks (ZeRO-3 gather); rank 0 sends, the engines receive."""
+        bucket_bytes = self.cfg.cluster.bucket_mb * 2**20
+        return self.learner.broadcast_weights(self.sync_group, version, bucket_bytes)
+
+    def leave_weight_sync(self) -> None:
+        group, self.sync_group = self.sync_group, None
+        if group is not None:
+            group.close()
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
         self.learner.save(ckpt_dir, client_state)

@@ -50,6 +50,21 @@ class RolloutWorker:
         self.engine.load_weights(version, ray.get(weights[0]))
         return time.perf_counter() - start
 
+    def sync_ranks(self) -> int:
+        return self.engine.sync_ranks
+
+    def join_weight_sync(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float) -> None:
+        self.engine.join_weight_sync(host, port, first_rank, world_size, timeout_s)
+
+    def receive_weights(self) -> float:
+        """One broadcast sync (cluster.weight_sync: broadcast); returns the seconds it took here."""
+        start = time.perf_counter()
+        self.engine.receive_weights()
+        return time.perf_counter() - start
+
+    def leave_weight_sync(self) -> None:
+        self.engine.leave_weight_sync()
+
     def version(self) -> int:
         return self.engine.version
 

@@ -1,5 +1,7 @@
 """Engine benchmark: generation tokens/s of vLLM vs transformers on the same prompts and sampling,
-and the time of a full weight sync vs a plain memory copy (clone) of the same state dict.
+and the time of a full weight sync vs a plain memory copy (clone) of the same state dict: an
+in-process load (`load_weights`, what each object-store load ends in) and a broadcast over gloo
+(`cluster.weight_sync: broadcast` on CPU; a thread plays learner rank 0).
 
     python benchmarks/engines.py --prompts 8 --n 4 --max-new-tokens 64 --threads 2  # defaults: 4, 4, 32, 1
 """
@@ -8,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
+import threading
 import time
 
 import torch
@@ -17,6 +21,7 @@ from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import EngineConfig
 from rlkd_ray.engines import make_engine
 from rlkd_ray.engines.base import Sampling, build_prompt_ids
+from rlkd_ray.weight_sync import SyncGroup, send
 
 QUESTIONS = [
     "What is 17 times 23?",
@@ -56,6 +61,31 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def broadcast_seconds(engine, state, repeats: int, bucket_bytes: int = 512 << 20) -> float:
+    """Median wall time of one broadcast sync of `state` into `engine`, as its receiver sees it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def learner_rank0():
+        group = SyncGroup("127.0.0.1", port, 0, 2, torch.device("cpu"), timeout_s=600)
+        try:
+            for i in range(repeats):
+                send(group, engine.version + 1 + i, state, bucket_bytes)
+        finally:
+            group.close()
+
+    sender = threading.Thread(target=learner_rank0)
+    sender.start()
+    engine.join_weight_sync("127.0.0.1", port, 1, 2, 600)
+    try:
+        seconds = median_seconds(engine.receive_weights, repeats)
+    finally:
+        sender.join()
+        engine.leave_weight_sync()
+    return seconds
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -90,11 +120,13 @@ def main() -> None:
             gen_s = time.perf_counter() - start
             tokens = sum(len(c.token_ids) for group in out for c in group)
             sync_s = median_seconds(lambda: engine.load_weights(1, state), args.syncs)
+            broadcast_s = broadcast_seconds(engine, state, args.syncs)
         finally:
             engine.close()
         results[backend] = dict(tok_s=tokens / gen_s, sync=sync_s)
         print(f"{backend:>5}: start {startup:6.1f} s | {tokens:5d} tokens in {gen_s:6.1f} s = "
-              f"{tokens / gen_s:7.1f} tok/s | weight sync {sync_s:5.2f} s = {sync_s / clone_s:4.1f}x clone")
+              f"{tokens / gen_s:7.1f} tok/s | weight sync {sync_s:5.2f} s = {sync_s / clone_s:4.1f}x clone | "
+              f"broadcast (gloo) sync {broadcast_s:5.2f} s = {broadcast_s / clone_s:4.1f}x clone")
     print(f"state dict ({state_mb:.0f} MiB): clone {clone_s:.2f} s, copy_ into existing tensors {copy_s:.2f} s")
     if {"hf", "vllm"} <= results.keys():
         print(f"vllm / hf: tokens/s x{results['vllm']['tok_s'] / results['hf']['tok_s']:.2f}, "

@@ -208,9 +208,12 @@ class RayConfig:
 class ClusterConfig:
     """GPU clusters: how new weights reach the rollout engines, and which nodes each pool runs on."""
 
-    weight_sync: str = "object_store"  # object_store (any device) | nccl (learner rank 0 -> engine workers, GPUs)
-    bucket_mb: int = 512  # nccl: bytes per broadcast (one flat buffer each)
-    sync_timeout_s: int = 600  # nccl: a rendezvous or a broadcast that takes longer fails
+    # object_store: learner rank 0 puts the gathered state once into the Ray object store, every rollout
+    # worker loads it | broadcast: learner rank 0 sends it through one process group with every engine
+    # worker (NCCL on GPUs, gloo on CPU), in buckets (rlkd_ray/weight_sync.py, rlkd_ray/sync_channel.py)
+    weight_sync: str = "object_store"
+    bucket_mb: int = 512  # broadcast: bytes per broadcast (one flat buffer each)
+    sync_timeout_s: int = 600  # broadcast: a rendezvous or a broadcast that takes longer fails
     # A custom Ray resource that the nodes of one pool offer (`ray start --resources='{"rlkd_reward": 1}'`);
     # every actor or tensor-parallel bundle of that pool asks for a sliver of it. None = any node.
     learner_node: Optional[str] = None
@@ -370,7 +373,7 @@ _CHOICES = {
     "annotate.engine.backend": ("hf", "vllm"),
     "sft.task": ("gsrm", "distill"),
     "sft.optim.schedule": ("constant_with_warmup", "cosine"),
-    "cluster.weight_sync": ("object_store", "nccl"),
+    "cluster.weight_sync": ("object_store", "broadcast"),
 }
 
 
@@ -413,9 +416,19 @@ def validate(cfg: RLKDConfig) -> None:
     if cfg.cluster.bucket_mb < 1 or cfg.cluster.sync_timeout_s < 1:
         raise ConfigError(f"'cluster.bucket_mb' and 'cluster.sync_timeout_s' must be >= 1, "
                           f"got {cfg.cluster.bucket_mb}, {cfg.cluster.sync_timeout_s}")
-    if cfg.cluster.weight_sync == "nccl" and (cfg.learner.num_gpus <= 0 or cfg.rollout.num_gpus <= 0):
-        raise ConfigError("'cluster.weight_sync' is nccl, which needs GPUs on the learner and the rollout "
-                          f"workers; got learner.num_gpus={cfg.learner.num_gpus}, rollout.num_gpus={cfg.rollout.num_gpus}")
+    if cfg.cluster.weight_sync == "broadcast" and (cfg.learner.num_gpus > 0) != (cfg.rollout.num_gpus > 0):
+        raise ConfigError("'cluster.weight_sync' is broadcast, which needs the learner and the rollout workers on "
+                          f"the same kind of device (NCCL between GPUs, gloo between CPUs); got learner.num_gpus="
+                          f"{cfg.learner.num_gpus}, rollout.num_gpus={cfg.rollout.num_gpus}")
+    for pool in ("rollout", "reward"):
+        p = getattr(cfg, pool)
+        tp = p.engine.tensor_parallel_size
+        if tp < 1:
+            raise ConfigError(f"'{pool}.engine.tensor_parallel_size' must be >= 1, got {tp}")
+        if tp > 1 and (p.engine.backend != "vllm" or not 0 < p.num_gpus <= 1):
+            raise ConfigError(f"'{pool}.engine.tensor_parallel_size' is {tp}, which needs backend vllm and "
+                              f"0 < {pool}.num_gpus <= 1 (GPUs per rank); got backend {p.engine.backend}, "
+                              f"num_gpus {p.num_gpus}")
     for i, c in enumerate(cfg.reward.custom):
         if ":" not in c.fn:
             raise ConfigError(f"'reward.custom[{i}].fn' must be 'module:function', got {c.fn!r}")

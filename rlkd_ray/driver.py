@@ -20,19 +20,20 @@ from typing import Any, Dict, List, Optional
 
 import ray
 import torch
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from rlkd_ray import checkpointing
 from rlkd_ray.algo.advantages import group_advantages
 from rlkd_ray.batching import build_batch
 from rlkd_ray.config import RLKDConfig, to_yaml
 from rlkd_ray.metrics import MetricsWriter, batch_metrics
-from rlkd_ray.placement import actor_options
+from rlkd_ray.placement import start_engine_actor
 from rlkd_ray.pools import LearnerGroup, WorkerPool
 from rlkd_ray.rewards.registry import load_custom
 from rlkd_ray.progress import StepProgress
 from rlkd_ray.prompt_source import PromptSource
 from rlkd_ray.samples import PromptGroup
+from rlkd_ray.sync_channel import Load, make_channel
 
 
 CONTROL_POLL_S = 2.0  # how often the driver reads the pool sizes asked for by `rlkd scale`
@@ -61,13 +62,13 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         load_custom(cfg.reward.custom)  # fail here, before any actor starts, on a bad import path
         self.source = PromptSource(cfg)
-        check_supported(cfg)
         r, w, c = cfg.rollout, cfg.reward, cfg.cluster
-        self.rollouts = WorkerPool("rollout", lambda i: RolloutWorker.options(
-            **actor_options(r.num_cpus, r.num_gpus, c.rollout_node)).remote(cfg, i), r.num_workers)
-        self.rewards = WorkerPool("reward", lambda i: RewardWorker.options(
-            **actor_options(w.num_cpus, w.num_gpus, c.reward_node)).remote(cfg, i), w.num_workers)
+        self.rollouts = WorkerPool("rollout", lambda i: start_engine_actor(RolloutWorker, r, c.rollout_node, cfg, i),
+                                   r.num_workers)
+        self.rewards = WorkerPool("reward", lambda i: start_engine_actor(RewardWorker, w, c.reward_node, cfg, i),
+                                  w.num_workers)
         self.learner = LearnerGroup(Learner, cfg)
+        self.channel = make_channel(cfg, self.learner, self.rollouts)  # WeightSync
         self.control = Control.options(name=control_name(str(self.run_dir.resolve()))).remote(
             {"rollout": r.num_workers, "reward": w.num_workers})
         self.control_checked = time.monotonic()
@@ -75,7 +76,7 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.version = 0  # policy version of the learner's weights (= steps done)
         self.synced = 0  # newest version whose load was sent to every rollout worker
-        self.weights: Optional[List[ray.ObjectRef]] = None  # [ref] of the newest published weights
+        self.failed_syncs: set = set()  # versions whose sync lost a rollout worker part-way
         self.events: Dict[ray.ObjectRef, _Event] = {}
         self.batches: Dict[int, Dict[str, PromptGroup]] = defaultdict(dict)  # step -> uid -> group
         self.faults = {"rollout_resent": 0, "reward_resent": 0}
@@ -90,6 +91,7 @@ class Trainer:
 
     def close(self) -> None:
         self.writer.close()
+        self.channel.close()
         self.rollouts.shutdown()
         self.rewards.shutdown()
         self.learner.shutdown()
@@ -101,9 +103,9 @@ class Trainer:
         if cfg.trainer.resume:
             self.resume()
         next_group = self.step * cfg.trainer.prompts_per_step
-        progress = StepProgress(cfg.trainer.total_steps, self.step, enabled=cfg.logging.progress)
-        step_started = time.perf_counter()
-        last: Dict[str, float] = {}
+        self.progress = StepProgress(cfg.trainer.total_steps, self.step, enabled=cfg.logging.progress)
+        self.step_started = time.perf_counter()
+        self.last: Dict[str, float] = {}
         while self.step < cfg.trainer.total_steps:
             next_group = self.dispatch_rollouts(next_group)
             self.maybe_train()
@@ -117,22 +119,24 @@ class Trainer:
             elif event.kind == "reward":
                 self.on_reward(ready[0], event)
             elif event.kind == "load":
-                self.pending_sync_time += ray.get(ready[0])
+                self.on_load(ready[0], event)
             elif event.kind == "train":
-                last = self.on_train(ready[0], event, step_started)
-                step_started = time.perf_counter()
-                progress.update(last)
-        for ref in [r for r, e in self.events.items() if e.kind == "load"]:
-            ray.get(ref)
-        progress.close()
+                self.on_train(ready[0], event)
+        while any(e.kind == "load" for e in self.events.values()):
+            ref = next(r for r, e in self.events.items() if e.kind == "load")
+            self.on_load(ref, self.events.pop(ref))
+        self.progress.close()
         if self.step % cfg.trainer.save_every:  # the final state, unless just saved
             self.save()
         return {"steps": self.step, "version": self.version, "run_dir": str(self.run_dir),
-                "checkpoint": str(checkpointing.latest_checkpoint(self.run_dir)), "last": last}
+                "checkpoint": str(checkpointing.latest_checkpoint(self.run_dir)), "last": self.last}
 
     def apply_control(self) -> None:
-        """Resize the pools to what `rlkd scale` last asked for (checked every few seconds)."""
+        """Resize the pools to what `rlkd scale` last asked for (checked every few seconds, never
+        while a weight sync is in flight: its members are fixed)."""
         if time.monotonic() - self.control_checked < CONTROL_POLL_S:
+            return
+        if any(e.kind == "load" for e in self.events.values()):
             return
         self.control_checked = time.monotonic()
         for name, size in ray.get(self.control.sizes.remote()).items():
@@ -141,7 +145,7 @@ class Trainer:
                 print(f"scale: {name} pool {len(pool)} -> {size} workers")
                 for wid in pool.resize(size):
                     if pool is self.rollouts:
-                        self.load_current_weights(wid)
+                        self.bring_up(wid)
 
     def dispatch_rollouts(self, next_group: int) -> int:
         """Send prompt groups whose step is within `max_staleness` versions of the synced weights."""
@@ -175,12 +179,21 @@ class Trainer:
     def replace_rollout_worker(self, wid: int) -> None:
         new = self.rollouts.replace(wid)
         if new is not None:
-            self.load_current_weights(new)
+            self.bring_up(new)
 
-    def load_current_weights(self, wid: int) -> None:
-        """A new rollout worker loads the current weights before it generates (actor call order)."""
-        if self.weights is not None:
-            self.rollouts.workers[wid].load_weights.remote(self.synced, self.weights)
+    def bring_up(self, wid: int) -> None:
+        """A new rollout worker loads the current weights before it generates (actor call order).
+        The learner must hold them: a train step in flight is finished first (its sync then reaches
+        the newcomer)."""
+        self.finish_training()
+        for ref, member in self.channel.admit(wid, self.synced):
+            self.events[ref] = _Event("load", self.synced, member)
+
+    def finish_training(self) -> None:
+        ref = next((r for r, e in self.events.items() if e.kind == "train"), None)
+        if ref is not None:
+            ray.wait([ref])
+            self.on_train(ref, self.events.pop(ref))
 
     def send_reward(self, group: PromptGroup, result: ray.ObjectRef) -> None:
         ref, wid = self.rewards.submit("score", result)
@@ -216,7 +229,7 @@ class Trainer:
         refs = self.learner.train_step(batch)
         self.events[refs[0]] = _Event("train", (refs, groups), None, time.perf_counter())
 
-    def on_train(self, ref: ray.ObjectRef, event: _Event, step_started: float) -> Dict[str, float]:
+    def on_train(self, ref: ray.ObjectRef, event: _Event) -> None:
         refs, groups = event.payload
         learner_metrics = self.learner.reduce_metrics(ray.get(refs))
         train_time = time.perf_counter() - event.started
@@ -225,7 +238,7 @@ class Trainer:
         self.step += 1
         self.version += 1
         sync_time = self.sync_weights()
-        wall = time.perf_counter() - step_started
+        wall = time.perf_counter() - self.step_started
         n_samples = sum(len(g.samples) for g in groups)
         metrics.update({f"learner/{k}": v for k, v in learner_metrics.items()})
         metrics.update({
@@ -245,7 +258,8 @@ class Trainer:
             self.evaluate()
         if self.step % self.cfg.trainer.save_every == 0:
             self.save()
-        return metrics
+        self.last, self.step_started = metrics, time.perf_counter()
+        self.progress.update(metrics)
 
     def evaluate(self) -> None:
         """Held-out eval with the rollout workers, which now hold version `self.version` (their
@@ -259,20 +273,49 @@ class Trainer:
         self.writer.log(self.step, eval_metrics(results))
 
     def sync_weights(self) -> float:
-        """One bucketed transfer: the learner puts the full state once into the object store, every
-        rollout worker loads it. Strict on-policy waits for the loads; otherwise they are events and
-        their time is reported with the next step."""
+        """One bucketed transfer of version `self.version` to every rollout worker (`self.channel`).
+        Strict on-policy waits for the loads; otherwise they are events and their time is reported
+        with the next step."""
         start = time.perf_counter()
-        self.weights = self.learner.publish_weights()
-        loads = self.rollouts.call_all("load_weights", self.version, self.weights)
+        loads = self.channel.publish(self.version)
         self.synced = self.version
         if self.cfg.trainer.max_staleness == 0:
-            ray.get(loads)
+            self.await_loads(loads)
+            self.pending_sync_time = 0.0
             return time.perf_counter() - start
-        for ref in loads:
-            self.events[ref] = _Event("load")
+        for ref, wid in loads:
+            self.events[ref] = _Event("load", self.version, wid)
         spent, self.pending_sync_time = self.pending_sync_time, 0.0
         return time.perf_counter() - start + spent
+
+    def await_loads(self, loads: List[Load]) -> None:
+        """The loads of one sync, in the order they finish (a dead worker is seen before the
+        timeouts it causes in the others)."""
+        events = {ref: _Event("load", self.synced, wid) for ref, wid in loads}
+        while events:
+            (ref,), _ = ray.wait(list(events), num_returns=1)
+            self.on_load(ref, events.pop(ref))
+
+    def on_load(self, ref: ray.ObjectRef, event: _Event) -> None:
+        """One member's part of a sync (event.wid None: the learner's). A rollout worker that died is
+        replaced and its replacement brought to the current version; the other members' parts of that
+        sync may then fail (a broadcast waits for every member), which the new sync makes good."""
+        try:
+            seconds = ray.get(ref)
+        except RayActorError as e:
+            if event.wid is None:
+                raise
+            _raise_if_startup_failure(e, "rollout")
+            self.failed_syncs.add(event.payload)
+            self.channel.broken()
+            self.replace_rollout_worker(event.wid)
+            return
+        except RayTaskError:
+            if event.payload in self.failed_syncs:
+                return
+            raise
+        if event.wid is not None:
+            self.pending_sync_time = max(self.pending_sync_time, seconds)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -291,25 +334,10 @@ class Trainer:
         state = checkpointing.read_state(ckpt)
         self.learner.load(str(ckpt))
         self.step, self.version = state["step"], state["version"]
-        self.weights = self.learner.publish_weights()
-        ray.get(self.rollouts.call_all("load_weights", self.version, self.weights))
         self.synced = self.version
+        self.await_loads(self.channel.publish(self.version))
         print(f"resume: {ckpt} (step {self.step}, policy version {self.version})")
 
-
-
-def check_supported(cfg: RLKDConfig) -> None:
-    """Cluster features whose parts exist but that the driver does not drive yet: refuse them
-    clearly rather than run something else."""
-    if cfg.cluster.weight_sync == "nccl":
-        raise NotImplementedError(
-            "cluster.weight_sync=nccl: the NCCL transfer (rlkd_ray/weight_sync.py) is not connected to the "
-            "driver yet; use cluster.weight_sync=object_store (works on GPUs too)")
-    for pool in ("rollout", "reward"):
-        if getattr(cfg, pool).engine.tensor_parallel_size > 1:
-            raise NotImplementedError(
-                f"{pool}.engine.tensor_parallel_size > 1: the placement groups of tensor-parallel engines "
-                "(rlkd_ray/placement.py) are not used by the driver yet; use 1")
 
 
 def _raise_if_startup_failure(error: RayActorError, pool: str) -> None:

@@ -198,6 +198,21 @@ class PolicyLearner:
                 return None
             return _cpu_copy(module.state_dict())
 
+    def broadcast_weights(self, group, version: int, bucket_bytes: int) -> Optional[float]:
+        """Rank 0 sends the full state dict from where it lives (GPU memory under NCCL) through the
+        broadcast group `group` (rlkd_ray/weight_sync.py); ZeRO-3 shards are gathered first
+        (collective: every rank calls it). Returns rank 0's seconds."""
+        import deepspeed
+
+        from rlkd_ray.weight_sync import send
+
+        module = self.engine.module
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
+                                               enabled=self.cfg.learner.zero_stage == 3):
+            if self.rank != 0:
+                return None
+            return send(group, version, module.state_dict(), bucket_bytes).seconds
+
     def save(self, ckpt_dir: str, client_state: dict) -> None:
         """DeepSpeed state (every rank) and the student in Hugging Face format (rank 0)."""
         rng = {"torch_rng": torch.get_rng_state()}

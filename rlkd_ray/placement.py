@@ -10,7 +10,7 @@ for a sliver of it, so the resource marks nodes without limiting how many actors
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 NODE_SHARE = 0.001  # of a pool's node resource, per actor or bundle
 TP_STRATEGY = "STRICT_PACK"  # tensor-parallel ranks talk every layer: never across nodes
@@ -68,3 +68,11 @@ def engine_placement(tensor_parallel_size: int, num_cpus: float, num_gpus: float
         raise RuntimeError(f"no node could hold a tensor-parallel engine's bundles {bundles} "
                            f"({TP_STRATEGY}) within {timeout_s:.0f} s") from None
     return actor_options(num_cpus, num_gpus, node_resource, pg), pg
+
+
+def start_engine_actor(actor_cls, pool_cfg, node_resource: Optional[str], *args) -> Tuple[Any, object]:
+    """(handle, placement group or None) of one engine actor of a pool (`cfg.rollout` / `cfg.reward`):
+    its engine's tensor-parallel ranks reserved first, then the actor started in that reservation."""
+    opts, pg = engine_placement(pool_cfg.engine.tensor_parallel_size, pool_cfg.num_cpus, pool_cfg.num_gpus,
+                                node_resource)
+    return actor_cls.options(**opts).remote(*args), pg

@@ -13,13 +13,17 @@ from rlkd_ray.batching import TrainBatch
 
 class WorkerPool:
     """Actors of one kind. `submit` sends a call to the least-loaded live worker and remembers which
-    worker holds which in-flight reference, so a dead worker's calls can be sent again."""
+    worker holds which in-flight reference, so a dead worker's calls can be sent again.
 
-    def __init__(self, name: str, make: Callable[[int], Any], size: int):
+    `make(worker_id)` starts one actor and returns (handle, its placement group or None); the group
+    (a tensor-parallel engine's GPUs) is released when the worker is closed or replaced."""
+
+    def __init__(self, name: str, make: Callable[[int], Tuple[Any, Any]], size: int):
         self.name = name
         self._make = make
         self._ids = itertools.count()
         self.workers: Dict[int, Any] = {}
+        self.groups: Dict[int, Any] = {}  # worker id -> placement group
         self.load: Dict[int, int] = {}
         self.inflight: Dict[ray.ObjectRef, int] = {}
         self.retiring: Dict[int, Any] = {}  # removed from dispatch, closed once their calls finish
@@ -31,7 +35,9 @@ class WorkerPool:
 
     def _add(self) -> int:
         wid = next(self._ids)
-        self.workers[wid] = self._make(wid)
+        self.workers[wid], group = self._make(wid)
+        if group is not None:
+            self.groups[wid] = group
         self.load[wid] = 0
         return wid
 
@@ -55,7 +61,7 @@ class WorkerPool:
 
     def _close_if_idle(self, wid: int) -> None:
         if wid in self.retiring and wid not in self.inflight.values():
-            _close(self.retiring.pop(wid))
+            _close(self.retiring.pop(wid), self.groups.pop(wid, None))
 
     def submit(self, method: str, *args) -> Tuple[Any, int]:
         """The call's reference(s); the first one is tracked (it fails if the worker dies)."""
@@ -76,7 +82,7 @@ class WorkerPool:
         """A new worker in place of dead `wid` (once, however many of its calls failed)."""
         if wid not in self.workers:
             return None
-        self.workers.pop(wid)
+        _close(self.workers.pop(wid), self.groups.pop(wid, None))
         self.load.pop(wid)
         self.replacements += 1
         return self._add()
@@ -85,19 +91,24 @@ class WorkerPool:
         return [getattr(w, method).remote(*args) for w in self.workers.values()]
 
     def shutdown(self) -> None:
-        for handle in list(self.workers.values()) + list(self.retiring.values()):
-            _close(handle)
+        for wid, handle in list(self.workers.items()) + list(self.retiring.items()):
+            _close(handle, self.groups.pop(wid, None))
         self.workers.clear()
         self.retiring.clear()
 
 
-def _close(handle) -> None:
-    """Shut the engine down inside the actor (frees its memory and shared segments), then kill it."""
+def _close(handle, group=None) -> None:
+    """Shut the engine down inside the actor (frees its memory and shared segments), kill it, then
+    release its placement group."""
     try:
         ray.get(handle.close.remote(), timeout=60)
     except Exception:  # noqa: BLE001 - a dead actor has nothing left to close
         pass
     ray.kill(handle)
+    if group is not None:
+        from ray.util import remove_placement_group
+
+        remove_placement_group(group)
 
 
 class LearnerGroup:

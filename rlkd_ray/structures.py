@@ -57,6 +57,7 @@ def decompose_traces(cfg: RLKDConfig, traces: List[Tuple[str, str, str]]) -> Dic
     from tqdm import tqdm
 
     from actors.reward import RewardWorker
+    from rlkd_ray.placement import start_engine_actor
     from rlkd_ray.pools import WorkerPool
 
     by_problem: Dict[str, List[Tuple[str, str]]] = defaultdict(list)
@@ -64,8 +65,8 @@ def decompose_traces(cfg: RLKDConfig, traces: List[Tuple[str, str, str]]) -> Dic
         by_problem[problem].append((id, reasoning))
     calls = list(by_problem.items())
     w = cfg.reward
-    pool = WorkerPool("reward", lambda i: RewardWorker.options(
-        num_cpus=w.num_cpus, num_gpus=w.num_gpus).remote(cfg, i), w.num_workers)
+    pool = WorkerPool("reward", lambda i: start_engine_actor(RewardWorker, w, cfg.cluster.reward_node, cfg, i),
+                      w.num_workers)
     out: Dict[str, Structure] = {}
     inflight: Dict[ray.ObjectRef, Tuple[int, int]] = {}  # ref -> (call index, worker id)
     next_call = 0

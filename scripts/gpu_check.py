@@ -6,7 +6,9 @@
    behaviour log-probs must equal a full forward pass, and score_choices against the same forward;
 2. the DeepSpeed learner (one rank, NCCL, bf16): a few GRPO steps on a batch the engine generated;
 3. weights learner -> engine: gather_weights -> load_weights (the object-store path), and the NCCL
-   path's pieces: buckets packed and unpacked on CUDA, then a one-rank NCCL `SyncGroup` send.
+   path's pieces: buckets packed and unpacked on CUDA, then a one-rank NCCL `SyncGroup` send, also
+   through `PolicyLearner.broadcast_weights` (two NCCL ranks cannot share one GPU: the receiving end
+   is tested on CPU over gloo).
 
 The student is SmolLM2-135M built from its config (no weights file needed) with random weights.
 `--cpu-dry-run` runs the same checks on CPU (gloo instead of NCCL) to test this script where no GPU
@@ -270,10 +272,13 @@ def weight_checks(ctx: Dict[str, object]) -> None:
         try:
             send(group, 3, weights, 64 << 20)  # warm-up: NCCL's communicator starts on the first collective
             stats = send(group, 4, weights, 64 << 20)
+            # the learner's own part of `cluster.weight_sync: broadcast` (from GPU memory, no CPU copy)
+            seconds = learner.broadcast_weights(group, 5, 64 << 20)
         finally:
             group.close()
         return (f"version {stats.version}: {stats.tensors} tensors, {stats.buckets} buckets, "
-                f"{stats.bytes / 2**20:.0f} MiB in {stats.seconds * 1e3:.1f} ms (header, verdict, buckets)")
+                f"{stats.bytes / 2**20:.0f} MiB in {stats.seconds * 1e3:.1f} ms (header, verdict, buckets); "
+                f"PolicyLearner.broadcast_weights (version 5): {seconds * 1e3:.1f} ms")
 
     if learner is None or engine is None:
         print("FAIL weights: skipped, the learner or the engine did not start", flush=True)

@@ -53,7 +53,8 @@ def ray_cluster():
 
     # tests/ on the workers' path, for the custom reward the end-to-end test loads by import path.
     pythonpath = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True,
+    # 2 declared GPUs (none real) let placement groups of tensor-parallel engines be reserved.
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                                        "RAY_AUTH_MODE": "disabled", "PYTHONPATH": pythonpath}})
     yield ray

@@ -264,7 +264,7 @@ def test_renamed_field_and_duplicate_id_are_named(tmp_path):
         {"qid": "a", "question": "q", "final": "2", "steps": "t"},  # no solution
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(BadRow, match=rf"row 2: field 'solution' \(teacher_reasoning\) is missing"):
+    with pytest.raises(BadRow, match=r"row 2: field 'solution' \(teacher_reasoning\) is missing"):
         build_source(SourceConfig(kind="file", path=str(path), columns=RENAMED_COLUMNS))
     rows[1]["solution"] = "s2"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

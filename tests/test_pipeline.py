@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rlkd_ray.config import load_config
+from rlkd_ray.engines.base import Sampling
 
 pytestmark = pytest.mark.slow
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -30,6 +31,14 @@ def has_vllm() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
+
+
+def unpinned(engine_cfg):
+    """The pool's engine settings without its core binding, for an engine in this test process
+    (binding would keep the rest of the session on one core)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(engine_cfg, {"cpu_cores": None})
 
 
 def read_jsonl(path: Path):
@@ -76,7 +85,7 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
     # The rollout workers hold exactly the learner's weights: same greedy tokens and log-probs as an
     # engine loaded from the checkpoint's Hugging Face folder.
     hf_dir = Path(summary["checkpoint"]) / "hf"
-    engine = make_engine(cfg.rollout.engine, str(hf_dir), cfg.model.dtype)
+    engine = make_engine(unpinned(cfg.rollout.engine), str(hf_dir), cfg.model.dtype)
     try:
         ckpt_ids, ckpt_logps = rollout_fingerprint(engine, probe)
     finally:
@@ -123,15 +132,23 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoints" / "step_000003" / "hf")
 
 
-def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir, tiny_model_path, tmp_path):
+@pytest.mark.parametrize("weight_sync,backend", [("object_store", "hf"), ("broadcast", "vllm")])
+def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir, tiny_model_path, tmp_path,
+                                                          weight_sync, backend):
+    """Also the weight-sync channels: with `broadcast` (gloo here, NCCL on GPUs) the replacement worker
+    makes the group form anew; at the end every rollout worker holds the learner's weights."""
     import ray
 
     from rlkd_ray.driver import Trainer
+    from rlkd_ray.engines import make_engine
 
+    if backend == "vllm" and not has_vllm():
+        pytest.skip("vllm is not installed")
     cfg = run_cfg(tmp_path / "run", cache_dir, f"model.student={tiny_model_path}",
                   f"model.gsrm={tiny_model_path}", "trainer.total_steps=2", "trainer.save_every=100",
                   "trainer.prompts_per_step=4", "rollout.num_workers=2", "rollout.num_cpus=0.25",
-                  "reward.num_workers=2", "reward.num_cpus=0.25", "rollout.max_new_tokens=24")
+                  "reward.num_workers=2", "reward.num_cpus=0.25", "rollout.max_new_tokens=24",
+                  f"cluster.weight_sync={weight_sync}", "cluster.sync_timeout_s=120", backend=backend)
     killed = []
 
     def killer(trainer):
@@ -154,8 +171,24 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
         thread.start()
         summary = trainer.run()
         thread.join(timeout=5)
+        probe = trainer.source.group(0, 0)
+        sampling = Sampling(n=1, temperature=0.0, max_new_tokens=8)
+        outs = ray.get([w.generate_with.remote([probe.prompt_ids], sampling)
+                        for w in trainer.rollouts.workers.values()])
+        versions = ray.get([w.version.remote() for w in trainer.rollouts.workers.values()])
+        if weight_sync == "broadcast":  # the group was formed anew around the replacement worker
+            assert trainer.channel.members.keys() == trainer.rollouts.workers.keys() and max(trainer.channel.members) >= 2
     assert summary["steps"] == 2
     assert "rollout" in killed
+    engine = make_engine(unpinned(cfg.rollout.engine), str(Path(summary["checkpoint"]) / "hf"), cfg.model.dtype)
+    try:
+        want = engine.generate([probe.prompt_ids], sampling)[0][0]
+    finally:
+        engine.close()
+    assert versions == [2, 2]
+    for (got,) in outs:
+        assert got[0].token_ids == want.token_ids
+        assert got[0].logprobs == pytest.approx(want.logprobs, abs=1e-5)
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     for m in metrics:  # every step trained on exactly its 4 groups of 4 samples, none twice
         assert m["batch/groups"] == 4 and m["batch/unique_groups"] == 4 and m["batch/samples"] == 16

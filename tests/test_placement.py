@@ -1,5 +1,6 @@
 """Placement of the pools' actors: bundles of tensor-parallel engines, actor options, node resources."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,9 @@ def test_cluster_configs_load():
     one = load_config(CONF / "cluster.yaml")
     gpus = (one.learner.world_size * one.learner.num_gpus + one.rollout.num_workers * one.rollout.num_gpus
             + one.reward.num_workers * one.reward.num_gpus)
-    assert gpus == 8 and one.cluster.weight_sync == "object_store" and one.model.student == "Qwen/Qwen2.5-Math-7B"
+    assert gpus == 8 and one.cluster.weight_sync == "broadcast" and one.model.student == "Qwen/Qwen2.5-Math-7B"
     many = load_config(CONF / "cluster_multinode.yaml")
-    assert many.rollout.num_workers * many.rollout.engine.tensor_parallel_size == 8
+    assert many.rollout.num_workers * many.rollout.engine.tensor_parallel_size * many.rollout.num_gpus == 8
     assert {many.cluster.learner_node, many.cluster.rollout_node, many.cluster.reward_node} == {
         "rlkd_learner", "rlkd_rollout", "rlkd_reward"}
 
@@ -36,16 +37,6 @@ def test_bundles_from_the_cluster_configs():
     assert len(bundles) == r.engine.tensor_parallel_size == 2
     assert sum(b["GPU"] for b in bundles) == 2 and bundles[0]["CPU"] == r.num_cpus
     assert all(b[cfg.cluster.rollout_node] == NODE_SHARE for b in bundles)
-
-
-def test_driver_refuses_what_it_does_not_drive_yet():
-    from rlkd_ray.driver import check_supported
-
-    check_supported(load_config(CONF / "cluster.yaml"))
-    with pytest.raises(NotImplementedError, match="weight_sync=nccl.*object_store"):
-        check_supported(load_config(CONF / "cluster.yaml", ["cluster.weight_sync=nccl"]))
-    with pytest.raises(NotImplementedError, match="rollout.engine.tensor_parallel_size"):
-        check_supported(load_config(CONF / "cluster.yaml", ["rollout.engine.tensor_parallel_size=2"]))
 
 
 def test_bad_bundles_are_refused():
@@ -75,12 +66,59 @@ def test_tensor_parallel_actor_sits_in_bundle_zero_and_lends_it_to_its_workers()
     assert strategy.placement_group_capture_child_tasks is True
 
 
-def test_nccl_weight_sync_needs_gpus_and_positive_buckets():
+def test_broadcast_sync_and_tensor_parallel_config_checks():
     from rlkd_ray.config import ConfigError
 
-    with pytest.raises(ConfigError, match="'cluster.weight_sync' is nccl.*rollout.num_gpus=0"):
-        load_config(CONF / "local.yaml", ["cluster.weight_sync=nccl"])
+    assert load_config(CONF / "cluster.yaml").cluster.weight_sync == "broadcast"
+    assert load_config(CONF / "local.yaml", ["cluster.weight_sync=broadcast"]).cluster.weight_sync == "broadcast"
+    with pytest.raises(ConfigError, match=r"same kind of device.*learner.num_gpus=1.0, rollout.num_gpus=0.0"):
+        load_config(CONF / "local.yaml", ["cluster.weight_sync=broadcast", "learner.num_gpus=1"])
     with pytest.raises(ConfigError, match="'cluster.bucket_mb'"):
         load_config(CONF / "cluster.yaml", ["cluster.bucket_mb=0"])
-    with pytest.raises(ConfigError, match="choose one of object_store, nccl"):
+    with pytest.raises(ConfigError, match="choose one of object_store, broadcast"):
         load_config(CONF / "cluster.yaml", ["cluster.weight_sync=ray"])
+    with pytest.raises(ConfigError, match="'reward.engine.tensor_parallel_size' is 2.*backend hf"):
+        load_config(CONF / "cluster.yaml", ["reward.engine.tensor_parallel_size=2", "reward.engine.backend=hf"])
+    with pytest.raises(ConfigError, match="'rollout.engine.tensor_parallel_size' is 2.*num_gpus 0.0"):
+        load_config(CONF / "local.yaml", ["rollout.engine.tensor_parallel_size=2"])
+
+
+def test_tensor_parallel_engine_reserves_its_gpus_and_releases_them(ray_cluster):
+    """A pool of tensor-parallel engines on a cluster that declares 2 GPUs: each actor starts inside
+    its own placement group of one GPU bundle per rank, and the group goes when the worker does."""
+    import ray
+    from ray.util import placement_group_table
+
+    from rlkd_ray.placement import start_engine_actor
+    from rlkd_ray.pools import WorkerPool
+
+    @ray.remote
+    class EngineHolder:  # stands in for RolloutWorker (no GPU here to start vLLM on): where did Ray put it?
+        def __init__(self, index):
+            self.index = index
+
+        def placement(self):
+            pg = ray.util.get_current_placement_group()
+            return pg.id.hex() if pg else None, ray.get_runtime_context().get_assigned_resources()
+
+        def close(self):
+            pass
+
+    cfg = load_config(CONF / "local.yaml", ["rollout.engine.tensor_parallel_size=2", "rollout.num_gpus=1",
+                                            "rollout.num_cpus=0.1"])
+    gpus = ray.cluster_resources()["GPU"]
+    pool = WorkerPool("rollout", lambda i: start_engine_actor(EngineHolder, cfg.rollout, None, i), 1)
+    try:
+        pg = pool.groups[0]
+        pg_id, resources = ray.get(pool.workers[0].placement.remote())
+        assert pg_id == pg.id.hex()
+        assert "GPU" not in resources  # the actor holds no GPU: the engine's workers take the bundles'
+        assert list(placement_group_table(pg)["bundles"].values()) == [{"CPU": 0.1, "GPU": 1.0}, {"GPU": 1.0}]
+        assert placement_group_table(pg)["strategy"] == "STRICT_PACK"
+        assert ray.available_resources().get("GPU", 0) == gpus - 2
+    finally:
+        pool.shutdown()
+    deadline = time.time() + 30
+    while placement_group_table(pg)["state"] != "REMOVED" and time.time() < deadline:
+        time.sleep(0.2)
+    assert placement_group_table(pg)["state"] == "REMOVED" and not pool.groups

@@ -51,6 +51,19 @@ class Engine(Protocol):
     def load_weights(self, version: int, weights: Dict[str, torch.Tensor]) -> None:
         """Replace all weights in place (one transfer) and set `version`."""
 
+    # Broadcast weight sync (`cluster.weight_sync: broadcast`, rlkd_ray/weight_sync.py): the engine's
+    # `sync_ranks` processes join the group as ranks first_rank, first_rank + 1, ...
+    sync_ranks: int
+
+    def join_weight_sync(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float) -> None:
+        """Join the group whose rank 0 (learner rank 0) hosts the rendezvous at host:port."""
+
+    def receive_weights(self) -> int:
+        """Take part in one sync: receive the full state, load it in place, set and return `version`."""
+
+    def leave_weight_sync(self) -> None:
+        """Close this engine's part of the group (before the group is formed anew)."""
+
     def close(self) -> None:
         """Free the engine's memory and processes."""
 

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from rlkd_ray.engines.base import Completion, Sampling, check_request, choice_token_ids, pin_to_cores
+from rlkd_ray.weight_sync import SyncGroup, manifest_of, receive, unique_tensors
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,6 +48,8 @@ class HFEngine:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        self.sync_ranks = 1  # members of a broadcast weight-sync group
+        self.sync_group: Optional[SyncGroup] = None
         self.version = 0
 
     @torch.inference_mode()
@@ -148,7 +151,25 @@ class HFEngine:
         self.model.load_state_dict(weights, strict=True)
         self.version = version
 
+    def join_weight_sync(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float) -> None:
+        self.sync_group = SyncGroup(host, port, first_rank, world_size, self.device, timeout_s)
+
+    def receive_weights(self) -> int:
+        """One broadcast sync (rank 0 of the group sends the state dict, a tied lm_head once)."""
+        expected = manifest_of(unique_tensors(self.model.state_dict()))
+        received: Dict[str, torch.Tensor] = {}
+        version = receive(self.sync_group, expected, self.version,
+                          received.update)
+        self.load_weights(version, received)
+        return version
+
+    def leave_weight_sync(self) -> None:
+        group, self.sync_group = self.sync_group, None
+        if group is not None:
+            group.close()
+
     def close(self) -> None:
+        self.leave_weight_sync()
         self.model = None
         self.tokenizer = None
 

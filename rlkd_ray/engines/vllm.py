@@ -21,9 +21,8 @@ from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from safetensors import safe_open
-
 from rlkd_ray.engines.base import Completion, Sampling, check_request, choice_token_ids, pin_to_cores
+from rlkd_ray.weight_sync import SyncGroup, dtype_name, manifest_from_checkpoint, receive
 
 LM_HEAD = "lm_head.weight"
 
@@ -64,6 +63,8 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
             seed=seed,
             tensor_parallel_size=tensor_parallel_size,
+            # tensor-parallel workers: Ray actors in this actor's placement group (rlkd_ray/placement.py)
+            distributed_executor_backend="ray" if tensor_parallel_size > 1 else None,
             logprobs_mode="processed_logprobs",
             worker_extension_cls=f"{__name__}.WeightSync",
             **memory,
@@ -71,7 +72,9 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
         self.tied = self.llm.llm_engine.model_config.hf_config.get_text_config().tie_word_embeddings
-        self.weight_names = checkpoint_names(model_path)
+        self.checkpoint = checkpoint_folder(model_path)
+        self.weight_names = {s.name for s in manifest_from_checkpoint(self.checkpoint, dtype)}
+        self.sync_ranks = tensor_parallel_size  # members of a broadcast weight-sync group: one per worker
         self.version = 0
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling) -> List[List[Completion]]:
@@ -144,9 +147,26 @@ class VLLMEngine:
                            f"unexpected {sorted(unexpected)[:5]}")
         return {n: weights[n] for n in self.weight_names}
 
+    def join_weight_sync(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float) -> None:
+        """Every worker of this engine joins the broadcast group (ranks first_rank, first_rank + 1, ...)."""
+        self.llm.collective_rpc("rlkd_join_weight_sync",
+                                args=(host, port, first_rank, world_size, timeout_s, self.checkpoint))
+
+    def receive_weights(self) -> int:
+        """One broadcast sync (rank 0 of the group sends); every worker loads the full state in place."""
+        versions = self.llm.collective_rpc("rlkd_receive_weights", args=(self.version,))
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after the weight update")
+        self.version = versions[0]
+        return self.version
+
+    def leave_weight_sync(self) -> None:
+        self.llm.collective_rpc("rlkd_leave_weight_sync")
+
     def close(self) -> None:
         """Shut the engine core down (workers, KV cache, distributed state)."""
         if self.llm is not None:
+            self.leave_weight_sync()
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
             torch.set_num_threads = torch._C.set_num_threads  # undo vLLM's process-wide no-op
@@ -159,29 +179,45 @@ def to_completion(c) -> Completion:
     return Completion(list(c.token_ids), logprobs, c.text, c.finish_reason)
 
 
-def checkpoint_names(model_path: str) -> set:
-    """Tensor names stored in the safetensors files of a model folder (or of a hub id vLLM fetched)."""
-    if not os.path.isdir(model_path):
-        from huggingface_hub import snapshot_download
+def checkpoint_folder(model_path: str) -> str:
+    """The folder of the safetensors files: `model_path` itself, or the local copy of a hub id vLLM fetched."""
+    if os.path.isdir(model_path):
+        return model_path
+    from huggingface_hub import snapshot_download
 
-        model_path = snapshot_download(model_path, allow_patterns=["*.safetensors"], local_files_only=True)
-    files = [f for f in os.listdir(model_path) if f.endswith(".safetensors")]
-    if not files:
-        raise FileNotFoundError(f"no .safetensors file in {model_path}")
-    names = set()
-    for f in files:
-        with safe_open(os.path.join(model_path, f), framework="pt") as fh:
-            names.update(fh.keys())
-    return names
+    return snapshot_download(model_path, allow_patterns=["*.safetensors"], local_files_only=True)
 
 
 class WeightSync:
     """Mixed into vLLM's worker class (`worker_extension_cls`), called through `collective_rpc`."""
 
     def rlkd_reload_weights(self, weights: Dict[str, torch.Tensor]) -> None:
+        self.reload_weights(weights_iterator=iter(weights.items()))
+        self._rlkd_after_reload()
+
+    def rlkd_join_weight_sync(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float,
+                              checkpoint: str) -> None:
+        """Join the broadcast group as rank first_rank + this worker's rank; expect the checkpoint's
+        tensors (a tied lm_head travels once, as the embedding) at the engine's dtype."""
+        tied = self.model_runner.model_config.hf_config.get_text_config().tie_word_embeddings
+        expected = manifest_from_checkpoint(checkpoint, dtype_name(self.model_runner.model_config.dtype))
+        self.rlkd_expected = [s for s in expected if not (tied and s.name == LM_HEAD)]
+        self.rlkd_group = SyncGroup(host, port, first_rank + self.rank, world_size, self.device, timeout_s)
+
+    def rlkd_receive_weights(self, current_version: int) -> int:
+        version = receive(self.rlkd_group, self.rlkd_expected, current_version,
+                          lambda tensors: self.reload_weights(weights_iterator=tensors))
+        self._rlkd_after_reload()
+        return version
+
+    def rlkd_leave_weight_sync(self) -> None:
+        group, self.rlkd_group = getattr(self, "rlkd_group", None), None
+        if group is not None:
+            group.close()
+
+    def _rlkd_after_reload(self) -> None:
         from vllm.platforms import current_platform
 
-        self.reload_weights(weights_iterator=iter(weights.items()))
         model = self.model_runner.get_model()
         hf_config = self.model_runner.model_config.hf_config.get_text_config()
         if current_platform.is_cpu() and hf_config.tie_word_embeddings:

@@ -27,6 +27,7 @@ from rlkd_ray.engines.base import Completion, PromptTooLong, Sampling, build_pro
 from rlkd_ray.eval.benchmarks import Benchmark, EvalProblem, load_benchmark, parse_benchmark_spec
 from rlkd_ray.eval.passk import default_ks
 from rlkd_ray.eval.results import COMPLETIONS, RESULTS_JSON, SETTINGS_JSON, read_results, summarise, write_results
+from rlkd_ray.placement import start_engine_actor
 from rlkd_ray.pools import WorkerPool
 from rlkd_ray.prompt_source import chat_messages
 
@@ -205,8 +206,8 @@ def run_eval(cfg: RLKDConfig, model: Union[str, WorkerPool], benchmarks: Sequenc
     if isinstance(model, str):
         local = Path(model).expanduser()  # workers may run in another working directory
         ecfg, r = eval_config(cfg, str(local.resolve()) if local.is_dir() else model), cfg.rollout
-        pool = WorkerPool("eval", lambda i: RolloutWorker.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
-            ecfg, i), r.num_workers)
+        pool = WorkerPool("eval", lambda i: start_engine_actor(RolloutWorker, r, cfg.cluster.rollout_node, ecfg, i),
+                          r.num_workers)
     else:
         pool = model
     try:
