@@ -148,7 +148,8 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
                   f"model.gsrm={tiny_model_path}", "trainer.total_steps=2", "trainer.save_every=100",
                   "trainer.prompts_per_step=4", "rollout.num_workers=2", "rollout.num_cpus=0.25",
                   "reward.num_workers=2", "reward.num_cpus=0.25", "rollout.max_new_tokens=24",
-                  f"cluster.weight_sync={weight_sync}", "cluster.sync_timeout_s=120", backend=backend)
+                  f"cluster.weight_sync={weight_sync}", "cluster.sync_timeout_s=120",
+                  "reward.engine.backend=hf", backend=backend)  # the rollout engine is what differs
     killed = []
 
     def killer(trainer):
