@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 import torch
 
@@ -187,31 +188,30 @@ class PolicyLearner:
         return float(torch.nn.utils.get_total_norm(grads).item())
 
     # -- weights and checkpoints ---------------------------------------------------------------
-    def gather_weights(self) -> Optional[Dict[str, torch.Tensor]]:
-        """The full state dict on rank 0 (ZeRO-3 shards gathered; collective: every rank calls it)."""
+    @contextmanager
+    def full_state(self) -> Iterator[Dict[str, torch.Tensor]]:
+        """The full state dict, where the parameters live, inside the block (ZeRO-3 shards gathered;
+        collective: every rank enters it)."""
         import deepspeed
 
         module = self.engine.module
-        params = list(module.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.cfg.learner.zero_stage == 3):
-            if self.rank != 0:
-                return None
-            return _cpu_copy(module.state_dict())
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
+                                               enabled=self.cfg.learner.zero_stage == 3):
+            yield module.state_dict()
+
+    def gather_weights(self) -> Optional[Dict[str, torch.Tensor]]:
+        """A CPU copy of the full state dict on rank 0 (the object-store sync, checkpoints)."""
+        with self.full_state() as state:
+            return _cpu_copy(state) if self.rank == 0 else None
 
     def broadcast_weights(self, group, version: int, bucket_bytes: int) -> Optional[float]:
         """Rank 0 sends the full state dict from where it lives (GPU memory under NCCL) through the
         broadcast group `group` (rlkd_ray/weight_sync.py); ZeRO-3 shards are gathered first
         (collective: every rank calls it). Returns rank 0's seconds."""
-        import deepspeed
-
         from rlkd_ray.weight_sync import send
 
-        module = self.engine.module
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
-                                               enabled=self.cfg.learner.zero_stage == 3):
-            if self.rank != 0:
-                return None
-            return send(group, version, module.state_dict(), bucket_bytes).seconds
+        with self.full_state() as state:
+            return send(group, version, state, bucket_bytes).seconds if self.rank == 0 else None
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
         """DeepSpeed state (every rank) and the student in Hugging Face format (rank 0)."""
