@@ -152,14 +152,13 @@ class HFEngine:
         self.version = version
 
     def join_weight_sync(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float) -> None:
+        self.sync_expected = manifest_of(unique_tensors(self.model.state_dict()))  # a tied lm_head once
         self.sync_group = SyncGroup(host, port, first_rank, world_size, self.device, timeout_s)
 
     def receive_weights(self) -> int:
-        """One broadcast sync (rank 0 of the group sends the state dict, a tied lm_head once)."""
-        expected = manifest_of(unique_tensors(self.model.state_dict()))
+        """One broadcast sync: rank 0 of the group sends the state dict, checked against this model's."""
         received: Dict[str, torch.Tensor] = {}
-        version = receive(self.sync_group, expected, self.version,
-                          received.update)
+        version = receive(self.sync_group, self.sync_expected, self.version, received.update)
         self.load_weights(version, received)
         return version
 
