@@ -10,8 +10,8 @@ import ray
 
 from actors._common import set_threads
 from rlkd_ray.assets import resolve_model
-from rlkd_ray.batching import TrainBatch
 from rlkd_ray.config import RLKDConfig
+from rlkd_ray.controller.batching import TrainBatch
 
 
 @ray.remote
@@ -29,7 +29,7 @@ class Learner:
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def setup(self, master_addr: str, master_port: int) -> None:
-        from rlkd_ray.learner import PolicyLearner
+        from rlkd_ray.learner.policy import PolicyLearner
 
         os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.cfg.learner.world_size),
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
@@ -51,7 +51,7 @@ class Learner:
 
     def join_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
         """Rank 0 hosts the broadcast group's rendezvous at host:port and is its rank 0 (the sender)."""
-        from rlkd_ray.weight_sync import SyncGroup
+        from rlkd_ray.weight_sync.protocol import SyncGroup
 
         if self.rank == 0:
             self.sync_group = SyncGroup(host, port, 0, world_size, self.learner.device, timeout_s)

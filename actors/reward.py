@@ -10,10 +10,10 @@ import ray
 from actors._common import set_threads
 from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import RLKDConfig
+from rlkd_ray.controller.samples import PromptGroup
 from rlkd_ray.engines import make_engine
 from rlkd_ray.gsrm import Structure
-from rlkd_ray.samples import PromptGroup
-from rlkd_ray.scoring import GroupScorer
+from rlkd_ray.rewards.scoring import GroupScorer
 
 
 @ray.remote

@@ -11,9 +11,9 @@ import ray
 from actors._common import set_threads
 from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import RLKDConfig
+from rlkd_ray.controller.samples import PromptGroup, Sample
 from rlkd_ray.engines import make_engine
 from rlkd_ray.engines.base import Sampling
-from rlkd_ray.samples import PromptGroup, Sample
 
 
 @ray.remote

@@ -21,7 +21,7 @@ from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import EngineConfig
 from rlkd_ray.engines import make_engine
 from rlkd_ray.engines.base import Sampling, build_prompt_ids
-from rlkd_ray.weight_sync import SyncGroup, send
+from rlkd_ray.weight_sync.protocol import SyncGroup, send
 
 QUESTIONS = [
     "What is 17 times 23?",
@@ -119,7 +119,7 @@ def main() -> None:
             out = engine.generate(prompts, sampling)
             gen_s = time.perf_counter() - start
             tokens = sum(len(c.token_ids) for group in out for c in group)
-            sync_s = median_seconds(lambda: engine.load_weights(1, state), args.syncs)
+            sync_s = median_seconds(lambda engine=engine: engine.load_weights(1, state), args.syncs)
             broadcast_s = broadcast_seconds(engine, state, args.syncs)
         finally:
             engine.close()

@@ -10,35 +10,14 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from rlkd_ray.annotate import cmd_annotate
-from rlkd_ray.compare import add_compare_arguments, cmd_compare
 from rlkd_ray.config import ConfigError, RLKDConfig, load_config
 from rlkd_ray.eval.command import add_eval_arguments, cmd_eval
-from rlkd_ray.report import add_report_arguments, cmd_report
-from rlkd_ray.sft import cmd_sft
-from rlkd_ray.structures import add_structures_arguments, cmd_prepare_structures
-
-# Loopback clusters started by `rlkd train` itself (never a cluster we joined).
-LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                 "TOKENIZERS_PARALLELISM": "false"}
-
-
-def init_ray(cfg: RLKDConfig) -> bool:
-    """Join `ray.address` / $RAY_ADDRESS, else start an in-process loopback cluster.
-    Returns True when this process started the cluster (and so shuts it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return False
-    for k, v in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}})
-    return True
+from rlkd_ray.offline.annotate import cmd_annotate
+from rlkd_ray.offline.sft import cmd_sft
+from rlkd_ray.offline.structures import add_structures_arguments, cmd_prepare_structures
+from rlkd_ray.ray_session import ray_session
+from rlkd_ray.report.compare import add_compare_arguments, cmd_compare
+from rlkd_ray.report.training import add_report_arguments, cmd_report
 
 
 def cmd_prepare_assets(cfg: RLKDConfig, args) -> None:
@@ -60,18 +39,11 @@ def cmd_prepare_data(cfg: RLKDConfig, args) -> None:
 
 
 def cmd_train(cfg: RLKDConfig, args) -> None:
-    import ray
+    from rlkd_ray.controller.driver import Trainer
 
-    from rlkd_ray.driver import Trainer
-
-    started_here = init_ray(cfg)
     t0 = time.perf_counter()
-    try:
-        with Trainer(cfg) as trainer:
-            summary = trainer.run()
-    finally:
-        if started_here:
-            ray.shutdown()
+    with ray_session(cfg), Trainer(cfg) as trainer:
+        summary = trainer.run()
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=1))
     print(f"metrics:    {summary['run_dir']}/metrics.jsonl (TensorBoard: {summary['run_dir']}/tensorboard)")

@@ -210,7 +210,7 @@ class ClusterConfig:
 
     # object_store: learner rank 0 puts the gathered state once into the Ray object store, every rollout
     # worker loads it | broadcast: learner rank 0 sends it through one process group with every engine
-    # worker (NCCL on GPUs, gloo on CPU), in buckets (rlkd_ray/weight_sync.py, rlkd_ray/sync_channel.py)
+    # worker (NCCL on GPUs, gloo on CPU), in buckets (rlkd_ray/weight_sync/protocol.py, rlkd_ray/weight_sync/channels.py)
     weight_sync: str = "object_store"
     bucket_mb: int = 512  # broadcast: bytes per broadcast (one flat buffer each)
     sync_timeout_s: int = 600  # broadcast: a rendezvous or a broadcast that takes longer fails

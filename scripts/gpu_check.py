@@ -79,7 +79,7 @@ def build_student(config_dir: str, out_dir: Path) -> str:
 def engine_checks(path: str) -> Dict[str, object]:
     from rlkd_ray.engines.base import Sampling, build_prompt_ids
     from rlkd_ray.engines.hf import HFEngine
-    from rlkd_ray.learner import token_logprobs
+    from rlkd_ray.learner.policy import token_logprobs
 
     ctx: Dict[str, object] = {}
 
@@ -148,12 +148,12 @@ def engine_checks(path: str) -> Dict[str, object]:
 # -- 2. the DeepSpeed learner ----------------------------------------------------------------------
 def learner_checks(path: str, steps: int, ctx: Dict[str, object]) -> None:
     from rlkd_ray.algo.advantages import group_advantages
-    from rlkd_ray.batching import build_batch
     from rlkd_ray.config import load_config
-    from rlkd_ray.samples import Problem, PromptGroup, Sample
+    from rlkd_ray.controller.batching import build_batch
+    from rlkd_ray.controller.samples import Problem, PromptGroup, Sample
 
     def start():
-        from rlkd_ray.learner import PolicyLearner
+        from rlkd_ray.learner.policy import PolicyLearner
 
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
@@ -221,7 +221,7 @@ def learner_checks(path: str, steps: int, ctx: Dict[str, object]) -> None:
 
 # -- 3. weights learner -> engine ------------------------------------------------------------------
 def weight_checks(ctx: Dict[str, object]) -> None:
-    from rlkd_ray.weight_sync import Assembler, SyncGroup, manifest_of, pack_bucket, plan_buckets, send, unique_tensors
+    from rlkd_ray.weight_sync.protocol import Assembler, SyncGroup, manifest_of, pack_bucket, plan_buckets, send, unique_tensors
 
     learner, engine = ctx.get("learner"), ctx.get("engine")
 

@@ -17,11 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from rlkd_ray.annotate import (AnnotationError, JsonlLog, Reply, annotate, api_key, check_reply,
-                               parse_retry_after, rejects_path, retry_delay)
 from rlkd_ray.config import load_config
 from rlkd_ray.data import prepare_data
 from rlkd_ray.gsrm import Step, Structure, format_structure
+from rlkd_ray.offline.annotate import (
+    AnnotationError,
+    JsonlLog,
+    Reply,
+    annotate,
+    api_key,
+    check_reply,
+    parse_retry_after,
+    rejects_path,
+    retry_delay,
+)
 
 KEY = "sk-test-5f3a9c0e-not-a-real-key"
 REQUEST_CAP = 200  # the server answers 400 to every request past this many: a retry loop cannot run away

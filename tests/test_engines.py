@@ -204,7 +204,7 @@ def test_broadcast_weight_sync_loads_what_was_sent(engine, greedy, reference, pr
     import socket
     import threading
 
-    from rlkd_ray.weight_sync import SyncGroup, WeightSyncError, send
+    from rlkd_ray.weight_sync.protocol import SyncGroup, WeightSyncError, send
 
     original = reference[0].state_dict()  # lm_head shares the embedding's storage: it travels once
     perturbed = dict(original)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from rlkd_ray.compare import compare_table, results_folder
 from rlkd_ray.data import BadRow, DataError
 from rlkd_ray.eval import bootstrap_ci, default_ks, eval_metrics, pass_at_k, pass_at_k_table
 from rlkd_ray.eval.benchmarks import (
@@ -22,6 +21,7 @@ from rlkd_ray.eval.benchmarks import (
     parse_benchmark_spec,
 )
 from rlkd_ray.eval.results import markdown_table, summarise, write_results
+from rlkd_ray.report.compare import compare_table, results_folder
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -245,8 +245,8 @@ def test_eval_smollm2_on_math500_and_gsm8k_end_to_end_and_resume(ray_cluster, ca
     from actors.rollout import RolloutWorker
     from rlkd_ray.cli import main
     from rlkd_ray.config import load_config
+    from rlkd_ray.controller.pools import WorkerPool
     from rlkd_ray.eval.runner import EvalError, run_eval
-    from rlkd_ray.pools import WorkerPool
 
     overrides = [f"paths.cache_dir={cache_dir}", "rollout.engine.backend=hf", "logging.progress=false",
                  "eval.n=2", "eval.max_new_tokens=24", "eval.bootstrap_resamples=200"]

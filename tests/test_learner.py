@@ -6,10 +6,10 @@ import random
 import pytest
 import torch
 
-from rlkd_ray.batching import build_batch, micro_batches, shard
 from rlkd_ray.config import load_config
-from rlkd_ray.learner import lr_lambda, token_logprobs
-from rlkd_ray.samples import Problem, PromptGroup, Sample
+from rlkd_ray.controller.batching import build_batch, micro_batches, shard
+from rlkd_ray.controller.samples import Problem, PromptGroup, Sample
+from rlkd_ray.learner.policy import lr_lambda, token_logprobs
 
 
 def make_groups(model_path, n_groups=2, group_size=4, seed=0):
@@ -76,7 +76,7 @@ def one_step(cfg, batch):
     import ray
 
     from actors.learner import Learner
-    from rlkd_ray.pools import LearnerGroup
+    from rlkd_ray.controller.pools import LearnerGroup
 
     group = LearnerGroup(Learner, cfg)
     try:

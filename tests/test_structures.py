@@ -11,7 +11,7 @@ from rlkd_ray.config import load_config
 from rlkd_ray.data import load_split, prepare_data
 from rlkd_ray.data.prepare import MARKER
 from rlkd_ray.gsrm import Step, Structure, format_structure, parse_structure
-from rlkd_ray.structures import ERRORS_FILE, prepare_structures, store_structures
+from rlkd_ray.offline.structures import ERRORS_FILE, prepare_structures, store_structures
 
 GOOD = Structure([Step("Add, as the sum is asked.", "What is 1 + 1?", "2")], "2")
 

@@ -10,10 +10,25 @@ import socket
 import pytest
 import torch
 
-from rlkd_ray.weight_sync import (
-    ALIGN, Assembler, Bucket, ManifestMismatch, Slot, SyncGroup, TensorSpec, WeightSyncError, check_manifest,
-    decode_manifest, encode_manifest, manifest_from_checkpoint, manifest_of, pack_bucket, plan_buckets, receive,
-    send, unique_tensors,
+from rlkd_ray.weight_sync.protocol import (
+    ALIGN,
+    Assembler,
+    Bucket,
+    ManifestMismatch,
+    Slot,
+    SyncGroup,
+    TensorSpec,
+    WeightSyncError,
+    check_manifest,
+    decode_manifest,
+    encode_manifest,
+    manifest_from_checkpoint,
+    manifest_of,
+    pack_bucket,
+    plan_buckets,
+    receive,
+    send,
+    unique_tensors,
 )
 
 
@@ -135,7 +150,7 @@ def _receiver(port: int, expected, results) -> None:
     for i in range(5):
         got = {}
 
-        def load(tensors):
+        def load(tensors, got=got, i=i):
             for name, t in tensors:
                 got[name] = t.clone()
                 if i == 3:

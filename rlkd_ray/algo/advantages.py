@@ -23,7 +23,7 @@ def group_advantages(rewards: Tensor, estimator: str = "grpo", eps: float = 1e-4
     rewards = rewards.float()
     mean = rewards.mean(dim=1, keepdim=True)
     if estimator == "grpo":
-        # GRPO (DeepSeekMath eq. 3 with the std floor of DESIGN.md): (r - mean) / (std + eps).
+        # GRPO (DeepSeekMath eq. 3 with the std floor of docs/design.md): (r - mean) / (std + eps).
         return (rewards - mean) / (rewards.std(dim=1, keepdim=True) + eps)
     if estimator == "dr_grpo":
         # Dr. GRPO (Liu et al. 2025): r - mean, no std normalisation.

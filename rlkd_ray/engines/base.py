@@ -51,7 +51,7 @@ class Engine(Protocol):
     def load_weights(self, version: int, weights: Dict[str, torch.Tensor]) -> None:
         """Replace all weights in place (one transfer) and set `version`."""
 
-    # Broadcast weight sync (`cluster.weight_sync: broadcast`, rlkd_ray/weight_sync.py): the engine's
+    # Broadcast weight sync (`cluster.weight_sync: broadcast`, rlkd_ray/weight_sync/protocol.py): the engine's
     # `sync_ranks` processes join the group as ranks first_rank, first_rank + 1, ...
     sync_ranks: int
 

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from rlkd_ray.engines.base import Completion, Sampling, check_request, choice_token_ids, pin_to_cores
-from rlkd_ray.weight_sync import SyncGroup, manifest_of, receive, unique_tensors
+from rlkd_ray.weight_sync.protocol import SyncGroup, manifest_of, receive, unique_tensors
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -84,9 +84,9 @@ class HFEngine:
         for _ in range(sampling.max_new_tokens):
             tok, lp = sample_next(logits, sampling, rng)
             keep = []
-            for j, (r, t, l) in enumerate(zip(alive, tok.tolist(), lp.tolist())):
+            for j, (r, t, logp) in enumerate(zip(alive, tok.tolist(), lp.tolist())):
                 tokens[r].append(t)
-                logps[r].append(l)
+                logps[r].append(logp)
                 if t in self.eos_ids or stops.completed(tokens[r]):
                     finish[r] = "stop"
                 elif len(tokens[r]) < sampling.max_new_tokens:
@@ -102,8 +102,8 @@ class HFEngine:
             logits = self._forward(tok[:, None], mask, next_pos, cache)
             next_pos = next_pos + 1
         return [
-            Completion(t, l, stops.cut(self.tokenizer.decode(t, skip_special_tokens=True)), f)
-            for t, l, f in zip(tokens, logps, finish)
+            Completion(t, lp, stops.cut(self.tokenizer.decode(t, skip_special_tokens=True)), f)
+            for t, lp, f in zip(tokens, logps, finish)
         ]
 
     def _left_pad(self, prompts: Sequence[Sequence[int]]):

@@ -21,8 +21,9 @@ from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
 from rlkd_ray.engines.base import Completion, Sampling, check_request, choice_token_ids, pin_to_cores
-from rlkd_ray.weight_sync import SyncGroup, dtype_name, manifest_from_checkpoint, receive
+from rlkd_ray.weight_sync.protocol import SyncGroup, dtype_name, manifest_from_checkpoint, receive
 
 LM_HEAD = "lm_head.weight"
 
@@ -63,7 +64,7 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
             seed=seed,
             tensor_parallel_size=tensor_parallel_size,
-            # tensor-parallel workers: Ray actors in this actor's placement group (rlkd_ray/placement.py)
+            # tensor-parallel workers: Ray actors in this actor's placement group (rlkd_ray/controller/placement.py)
             distributed_executor_backend="ray" if tensor_parallel_size > 1 else None,
             logprobs_mode="processed_logprobs",
             worker_extension_cls=f"{__name__}.WeightSync",

@@ -23,23 +23,17 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(cfg: RLKDConfig, args: argparse.Namespace) -> None:
-    import ray
-
-    from rlkd_ray.cli import init_ray
     from rlkd_ray.eval.results import RESULTS_JSON, RESULTS_MD, markdown_table
     from rlkd_ray.eval.runner import run_eval
+    from rlkd_ray.ray_session import ray_session
 
     flags = {"n": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
     cfg.eval = dataclasses.replace(cfg.eval, **{k: v for k, v in flags.items() if v is not None})
     validate_eval(cfg)
     benchmarks = [b for b in (args.benchmarks or ",".join(cfg.data.eval)).split(",") if b.strip()]
     output = Path(args.output or Path(cfg.paths.run_dir) / "eval")
-    started_here = init_ray(cfg)
-    try:
+    with ray_session(cfg):
         results = run_eval(cfg, args.model or cfg.model.student, benchmarks, output, limit=args.limit)
-    finally:
-        if started_here:
-            ray.shutdown()
     print(markdown_table(results))
     print(f"results:     {output / RESULTS_JSON}, {output / RESULTS_MD}")
     print(f"completions: {output / 'completions'}/<benchmark>.jsonl")

@@ -23,13 +23,13 @@ from tqdm import tqdm
 
 from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import RLKDConfig
+from rlkd_ray.controller.placement import start_engine_actor
+from rlkd_ray.controller.pools import WorkerPool
+from rlkd_ray.controller.prompt_source import chat_messages
 from rlkd_ray.engines.base import Completion, PromptTooLong, Sampling, build_prompt_ids
 from rlkd_ray.eval.benchmarks import Benchmark, EvalProblem, load_benchmark, parse_benchmark_spec
 from rlkd_ray.eval.passk import default_ks
 from rlkd_ray.eval.results import COMPLETIONS, RESULTS_JSON, SETTINGS_JSON, read_results, summarise, write_results
-from rlkd_ray.placement import start_engine_actor
-from rlkd_ray.pools import WorkerPool
-from rlkd_ray.prompt_source import chat_messages
 
 Chunk = List[Tuple[EvalProblem, List[int]]]  # problems of one generate call, with their prompt ids
 

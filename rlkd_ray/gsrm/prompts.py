@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
-from .parser import FINAL_ANSWER_PREFIX, FIELDS, Step, Structure, tag
+from .parser import FIELDS, FINAL_ANSWER_PREFIX, Step, Structure, tag
 
 DOMAINS = ("math", "code", "science", "puzzle")
 

@@ -51,7 +51,7 @@ def judge_requests(teacher: Structure, student: Structure) -> List[JudgeRequest]
 
 
 def _step_scores(judgements: Sequence[Dict[str, Verdict]]) -> List[float]:
-    # DESIGN.md "Structured reward mechanism": meta mismatch zeroes this and every later step;
+    # docs/design.md "Structured reward mechanism": meta mismatch zeroes this and every later step;
     # a surviving step is halved for a sub-problem mismatch and halved for a sub-answer mismatch.
     scores, gate_open = [], True
     for v in judgements:

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Dict, List, Optional
 
 from rlkd_ray.config import RewardConfig
+from rlkd_ray.controller.samples import Problem, PromptGroup
 from rlkd_ray.engines.base import Engine, PromptTooLong, Sampling, build_prompt_ids
 from rlkd_ray.gsrm import (
     Structure,
@@ -25,7 +26,6 @@ from rlkd_ray.gsrm import (
 )
 from rlkd_ray.rewards.registry import RuleRewards
 from rlkd_ray.rewards.rules import think_text
-from rlkd_ray.samples import Problem, PromptGroup
 
 # The first token of the judge's reply, read case-insensitively: p(yes) = p("yes") + p("Yes").
 YES, NO = ("yes", "Yes"), ("no", "No")

@@ -15,9 +15,9 @@ from tqdm import tqdm
 
 from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import RLKDConfig
+from rlkd_ray.controller.samples import Problem, PromptGroup
 from rlkd_ray.data import load_split, prepare_data
-from rlkd_ray.engines.base import build_prompt_ids, PromptTooLong
-from rlkd_ray.samples import Problem, PromptGroup
+from rlkd_ray.engines.base import PromptTooLong, build_prompt_ids
 
 
 def group_seed(seed: int, step: int, slot: int) -> int:

@@ -1,4 +1,4 @@
-"""Scored groups → learner tensors (the Batcher of DESIGN.md), and their split over ranks and
+"""Scored groups → learner tensors (the Batcher of docs/design.md), and their split over ranks and
 micro-batches. Token positions are aligned with `input_ids`: `loss_mask[i, t] = 1` where token t of
 row i was sampled, and `old_logprobs[i, t]` is its behaviour log-prob.
 """
@@ -10,7 +10,7 @@ from typing import Iterator, List, Sequence
 
 import torch
 
-from rlkd_ray.samples import PromptGroup
+from rlkd_ray.controller.samples import PromptGroup
 
 
 @dataclass

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from rlkd_ray.controller.metrics import read_metrics
 from rlkd_ray.gsrm.parser import FIELDS, tag
-from rlkd_ray.metrics import read_metrics
 
 Series = Dict[str, List[Tuple[int, float]]]  # metric key -> (step, value) in step order
 _EVAL_PASS = re.compile(r"eval/[^/]+/pass@\d+")

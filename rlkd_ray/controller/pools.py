@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ray
 
-from rlkd_ray.batching import TrainBatch
+from rlkd_ray.controller.batching import TrainBatch
 
 
 class WorkerPool:
@@ -115,7 +115,7 @@ class LearnerGroup:
     """The learner ranks as one object: one torch.distributed world, one call per step."""
 
     def __init__(self, learner_cls, cfg):
-        from rlkd_ray.placement import actor_options
+        from rlkd_ray.controller.placement import actor_options
 
         ws = cfg.learner.world_size
         opts = actor_options(cfg.learner.num_cpus, cfg.learner.num_gpus, cfg.cluster.learner_node)

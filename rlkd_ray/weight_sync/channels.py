@@ -1,10 +1,10 @@
-"""WeightSync of DESIGN.md's diagram, driver side: how version v of the learner's weights reaches every
+"""WeightSync of docs/design.md's diagram, driver side: how version v of the learner's weights reaches every
 rollout worker. `cluster.weight_sync` picks one of two channels with one interface:
 
 - `object_store`: learner rank 0 gathers the full state into CPU memory and puts it once into the
   Ray object store; every rollout worker loads it from there (any device).
 - `broadcast`: learner rank 0 sends the state from where it lives through one process group with
-  every engine worker (rlkd_ray/weight_sync.py: bucketed, versions and manifest checked; NCCL on
+  every engine worker (rlkd_ray/weight_sync/protocol.py: bucketed, versions and manifest checked; NCCL on
   GPUs, gloo on CPU). A tensor-parallel engine takes one rank per worker. The group is formed at the
   first sync and again whenever the pool's members changed.
 
@@ -22,7 +22,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from rlkd_ray.config import RLKDConfig
-from rlkd_ray.pools import LearnerGroup, WorkerPool
+from rlkd_ray.controller.pools import LearnerGroup, WorkerPool
 
 Load = Tuple[ray.ObjectRef, Optional[int]]
 

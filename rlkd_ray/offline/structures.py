@@ -57,8 +57,8 @@ def decompose_traces(cfg: RLKDConfig, traces: List[Tuple[str, str, str]]) -> Dic
     from tqdm import tqdm
 
     from actors.reward import RewardWorker
-    from rlkd_ray.placement import start_engine_actor
-    from rlkd_ray.pools import WorkerPool
+    from rlkd_ray.controller.placement import start_engine_actor
+    from rlkd_ray.controller.pools import WorkerPool
 
     by_problem: Dict[str, List[Tuple[str, str]]] = defaultdict(list)
     for id, problem, reasoning in traces:
@@ -165,16 +165,10 @@ def prepare_structures(cfg: RLKDConfig, force: bool = False) -> StructuresSummar
 
 
 def cmd_prepare_structures(cfg: RLKDConfig, args) -> None:
-    import ray
+    from rlkd_ray.ray_session import ray_session
 
-    from rlkd_ray.cli import init_ray
-
-    started_here = init_ray(cfg)
-    try:
+    with ray_session(cfg):
         s = prepare_structures(cfg, force=args.force)
-    finally:
-        if started_here:
-            ray.shutdown()
     print(json.dumps(asdict(s) | {"seconds": round(s.seconds, 1), "failure_rate": round(s.failure_rate, 4)}, indent=1))
     print(f"[structures] parse failures: {s.failures} of {s.decomposed} ({100 * s.failure_rate:.1f} %), "
           f"warnings: {s.with_warnings}; listed in {s.errors_file}")

@@ -1,4 +1,4 @@
-"""The single controller. It reads like DESIGN.md's data-flow diagram:
+"""The single controller. It reads like docs/design.md's data-flow diagram:
 
     PromptSource ─► RolloutPool ─(each finished group)─► RewardPool ─► Batcher ─► Learner
          ▲                                                                          │
@@ -22,19 +22,18 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayTaskError
 
-from rlkd_ray import checkpointing
 from rlkd_ray.algo.advantages import group_advantages
-from rlkd_ray.batching import build_batch
 from rlkd_ray.config import RLKDConfig, to_yaml
-from rlkd_ray.metrics import MetricsWriter, batch_metrics
-from rlkd_ray.placement import start_engine_actor
-from rlkd_ray.pools import LearnerGroup, WorkerPool
+from rlkd_ray.controller import checkpointing
+from rlkd_ray.controller.batching import build_batch
+from rlkd_ray.controller.metrics import MetricsWriter, batch_metrics
+from rlkd_ray.controller.placement import start_engine_actor
+from rlkd_ray.controller.pools import LearnerGroup, WorkerPool
+from rlkd_ray.controller.progress import StepProgress
+from rlkd_ray.controller.prompt_source import PromptSource
+from rlkd_ray.controller.samples import PromptGroup
 from rlkd_ray.rewards.registry import load_custom
-from rlkd_ray.progress import StepProgress
-from rlkd_ray.prompt_source import PromptSource
-from rlkd_ray.samples import PromptGroup
-from rlkd_ray.sync_channel import Load, make_channel
-
+from rlkd_ray.weight_sync.channels import Load, make_channel
 
 CONTROL_POLL_S = 2.0  # how often the driver reads the pool sizes asked for by `rlkd scale`
 

@@ -10,7 +10,7 @@ from statistics import mean
 from typing import Any, Dict, List, Optional
 
 from rlkd_ray.config import LoggingConfig
-from rlkd_ray.samples import PromptGroup
+from rlkd_ray.controller.samples import PromptGroup
 
 
 class MetricsWriter:

@@ -91,7 +91,7 @@ def r1_target(reasoning: str, answer: str) -> str:
 
 
 def distill_example(id: str, problem: str, teacher_reasoning: str, answer: str, system_prompt: str) -> Example:
-    from rlkd_ray.prompt_source import chat_messages
+    from rlkd_ray.controller.prompt_source import chat_messages
     from rlkd_ray.rewards.rules import think_text
 
     return Example(id, chat_messages(system_prompt, problem), r1_target(think_text(teacher_reasoning), answer))
@@ -174,7 +174,7 @@ def collate(rows: Sequence[Tokenised], pad_id: int):
     """A TrainBatch whose `loss_mask` holds the token weights (right-padded)."""
     import torch
 
-    from rlkd_ray.batching import TrainBatch
+    from rlkd_ray.controller.batching import TrainBatch
 
     width = max(len(r.input_ids) for r in rows)
     n = len(rows)
@@ -266,8 +266,8 @@ def run_sft(cfg: RLKDConfig) -> SFTSummary:
 
     from actors.learner import Learner
     from rlkd_ray.assets import resolve_model
-    from rlkd_ray.metrics import MetricsWriter
-    from rlkd_ray.pools import LearnerGroup
+    from rlkd_ray.controller.metrics import MetricsWriter
+    from rlkd_ray.controller.pools import LearnerGroup
 
     s = cfg.sft
     per_call = cfg.learner.micro_batch_size * cfg.learner.world_size
@@ -309,16 +309,10 @@ def run_sft(cfg: RLKDConfig) -> SFTSummary:
 
 
 def cmd_sft(cfg: RLKDConfig, args) -> None:
-    import ray
+    from rlkd_ray.ray_session import ray_session
 
-    from rlkd_ray.cli import init_ray
-
-    started_here = init_ray(cfg)
-    try:
+    with ray_session(cfg):
         summary = run_sft(cfg)
-    finally:
-        if started_here:
-            ray.shutdown()
     print(f"[sft] {summary.steps} steps, loss {summary.losses[0]:.4f} -> {summary.losses[-1]:.4f}, "
           f"{sum(summary.step_seconds) / summary.steps:.2f} s/step")
     print(f"[sft] model (Hugging Face format): {summary.hf_dir}")

@@ -16,8 +16,8 @@ from typing import Dict, Iterator, Optional
 import torch
 
 from rlkd_ray.algo.losses import entropy_from_logits, grpo_loss, sft_loss
-from rlkd_ray.batching import TrainBatch, micro_batches, shard
 from rlkd_ray.config import RLKDConfig
+from rlkd_ray.controller.batching import TrainBatch, micro_batches, shard
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -140,7 +140,7 @@ class PolicyLearner:
     def sft_step(self, batch: TrainBatch) -> Dict[str, float]:
         """One optimizer step of `sft_loss` over this rank's share of the global batch; the loss
         weights are `batch.loss_mask`. Scaled as in `train_step`, so the gradient is that of the
-        weighted mean over the whole batch. Sums for `rlkd_ray.sft.reduce_metrics`."""
+        weighted mean over the whole batch. Sums for `rlkd_ray.offline.sft.reduce_metrics`."""
         if self.engine.train_batch_size() != len(batch):  # SFT batches need not match the RL step
             self.engine.set_train_batch_size(len(batch))
         total_weight = float(batch.loss_mask.sum().item())
@@ -206,9 +206,9 @@ class PolicyLearner:
 
     def broadcast_weights(self, group, version: int, bucket_bytes: int) -> Optional[float]:
         """Rank 0 sends the full state dict from where it lives (GPU memory under NCCL) through the
-        broadcast group `group` (rlkd_ray/weight_sync.py); ZeRO-3 shards are gathered first
+        broadcast group `group` (rlkd_ray/weight_sync/protocol.py); ZeRO-3 shards are gathered first
         (collective: every rank calls it). Returns rank 0's seconds."""
-        from rlkd_ray.weight_sync import send
+        from rlkd_ray.weight_sync.protocol import send
 
         with self.full_state() as state:
             return send(group, version, state, bucket_bytes).seconds if self.rank == 0 else None

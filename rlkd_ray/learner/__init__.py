@@ -1,0 +1,1 @@
+"""The learner: one `PolicyLearner` (DeepSpeed engine, GRPO or SFT step) per rank (`policy.py`)."""
