@@ -73,7 +73,7 @@ _REWRITES: Sequence[Tuple[re.Pattern, str]] = [
          r"|==|=>|→|⇒", " = "),
     )
 ]
-_TOKEN = re.compile(r"(?P<num>\d+(?:\.\d+)?)|(?P<sym>[-+*/()=])|(?P<nl>\n)|(?P<word>[^\W\d_]+|\S)")
+_TOKEN = re.compile(r"(?P<num>\d{1,100}(?:\.\d{1,100})?)|(?P<sym>[-+*/()=])|(?P<nl>\n)|(?P<word>[^\W\d_]+|\S)")
 
 
 def normalize(text: str) -> str:
@@ -86,7 +86,8 @@ def normalize(text: str) -> str:
 def tokens(text: str) -> List[Token]:
     """Numbers, operators, parentheses, `=`, and `|` for anything else (a word, punctuation, a line
     break), which separates equalities. A `-` directly before a digit is a sign unless it follows a
-    number or `)`; a `-` after a word or at the start that is not a sign (a bullet) is a separator."""
+    number or `)`; a `-` after a word or at the start that is not a sign (a bullet) is a separator.
+    A parenthesised number is that number."""
     out: List[Token] = []
     for m in _TOKEN.finditer(normalize(text)):
         prev = out[-1].kind if out else "|"
@@ -103,7 +104,7 @@ def tokens(text: str) -> List[Token]:
             out.append(Token("op", text=m.group("sym")))
         elif prev != "|":
             out.append(Token("|"))
-    return [t for t in out if t.kind != "sign"]
+    return arith.collapse([t for t in out if t.kind != "sign"])
 
 
 def _digit_next(m: re.Match) -> bool:
@@ -185,7 +186,8 @@ def operations(text: str) -> List[Operation]:
 
 
 def operation_text(a: Token, op: str, b: Token) -> str:
-    return f"{a.text} {op} {b.text}"
+    """`a op b`, numbers as written (a negative right operand in parentheses)."""
+    return arith.render([a, Token("op", text=op), b])
 
 
 def _matches(state: Sequence[Token], p: int, op: str, a: Fraction, b: Fraction) -> bool:
@@ -238,7 +240,7 @@ def decompose(problem: str, reasoning: str) -> Structure:
         else:
             index, state = _take(state, op)
             where = "next" if index else "next, which is not an operation of the expression at this point"
-            meta = f"Takes {sub} {where} {arith.position_marker(index)}."
+            meta = f"Takes {sub} {where} {arith.position_marker(index)}"
         steps.append(Step(meta, sub, c.text))
     answer = final_answer(reasoning)
     if not steps:
