@@ -13,7 +13,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install train-local prepare test test-fast lint bench bench-engines clean
+.PHONY: install train-local prepare test test-fast lint repro-mini bench bench-engines clean
 
 install: $(STAMPS)/install
 
@@ -41,6 +41,10 @@ test: install
 
 test-fast: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+# The miniature RLKD vs GRPO vs SFT experiment (hours on 2 cores); re-running continues where it stopped.
+repro-mini: prepare
+	$(BIN)/python -m rlkd_ray.experiments.mini --config conf/experiments/repro_mini.yaml $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -207,6 +207,9 @@ class DataConfig:
     skip_bad_rows: bool = False
     shuffle: bool = True
     arith: ArithConfig = field(default_factory=ArithConfig)  # used by kind arith and the arith_* eval splits
+    # Control arm: each training problem's teacher structure is replaced by that of another problem with
+    # the same number of steps (rlkd_ray/data/structure_control.py, seeded by trainer.seed).
+    shuffle_teacher_structures: bool = False
 
 
 @dataclass

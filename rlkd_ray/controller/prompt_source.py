@@ -8,6 +8,7 @@ run sees exactly the prompts it would have seen. Problems whose prompt is over
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import List
 
 import numpy as np
@@ -17,6 +18,7 @@ from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import RLKDConfig
 from rlkd_ray.controller.samples import Problem, PromptGroup
 from rlkd_ray.data import load_split, prepare_data
+from rlkd_ray.data.structure_control import shuffled_structures
 from rlkd_ray.engines.base import PromptTooLong, build_prompt_ids
 
 
@@ -55,6 +57,9 @@ class PromptSource:
                 continue
             self.problems.append(problem)
             self.prompt_ids.append(ids)
+        if cfg.data.shuffle_teacher_structures:
+            structures = shuffled_structures([p.teacher_structure for p in self.problems], cfg.trainer.seed)
+            self.problems = [replace(p, teacher_structure=s) for p, s in zip(self.problems, structures)]
         if too_long:
             print(f"data: left out {too_long} of {len(dataset)} problems whose prompt is over "
                   f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}")

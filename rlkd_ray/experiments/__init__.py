@@ -1,0 +1,1 @@
+"""Experiments built from the `rlkd` commands: `mini.py` is the miniature RLKD vs GRPO vs SFT study."""
