@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -89,18 +90,27 @@ def run_overrides(exp: MiniExperiment, arm: Arm, seed: int, run_dir: Path) -> Li
 
 def train(exp: MiniExperiment, arm: Arm, seed: int, run_dir: Path) -> Path:
     """Train one arm and seed (resuming its checkpoint); the trained student's Hugging Face folder."""
-    from rlkd_ray.controller.checkpointing import latest_checkpoint
+    from rlkd_ray.controller.checkpointing import latest_checkpoint, read_state
 
     overrides = run_overrides(exp, arm, seed, run_dir)
+    cfg = load_config(exp.base_config, overrides)
     if arm.command == "sft":
-        cfg = load_config(exp.base_config, overrides)
+        sft_dir = run_dir / "sft"
+        if (sft_dir / "hf").is_dir():
+            return sft_dir / "hf"
+        if sft_dir.exists():  # an SFT run cut off part-way (SFT does not resume): start it again
+            print(f"[repro-mini] removing the unfinished SFT run {sft_dir}", flush=True)
+            shutil.rmtree(sft_dir)
         prompts = cfg.trainer.total_steps * cfg.trainer.prompts_per_step  # what an RL arm sees
         rlkd(["sft", "--config", exp.base_config, *overrides, "sft.task=distill", f"sft.output_dir={run_dir / 'sft'}",
               f"sft.limit={prompts}", f"sft.batch_size={cfg.trainer.prompts_per_step}", "sft.epochs=1"],
              run_dir / "log.txt")
         return run_dir / "sft" / "hf"
-    rlkd(["train", "--config", exp.base_config, *overrides, "trainer.resume=true"], run_dir / "log.txt")
-    return latest_checkpoint(run_dir) / "hf"
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None or read_state(ckpt)["step"] < cfg.trainer.total_steps:
+        rlkd(["train", "--config", exp.base_config, *overrides, "trainer.resume=true"], run_dir / "log.txt")
+        ckpt = latest_checkpoint(run_dir)
+    return ckpt / "hf"
 
 
 def evaluate(exp: MiniExperiment, model: str, seed: int, run_dir: Path) -> None:
