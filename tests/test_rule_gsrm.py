@@ -204,3 +204,38 @@ def test_random_text_never_raises(text, problem):
         assert verdict(kind, TEACHER.steps[0].meta, text) in (True, False, None)
     score = rule_structure_score(PROBLEM, TEACHER_TEXT, text)
     assert 0.0 <= score.total <= 3.0
+
+
+# Real greedy completions of SmolLM2-135M-Instruct on arith_test problems (the starting student):
+# (problem, completion, [(query, answer, operator of the problem)], final answer, structure reward)
+REAL = [
+    ("Compute (6 + 8) * 4.",
+     "To compute (6 + 8) * 4, we need to multiply 6 by 4 and then add 8. This is a classic example of a "
+     "multiplication problem with a carry factor. To solve this problem, we can use the distributive property of "
+     "multiplication over addition.\n\nFirst, we multiply 6 by 4: 6 * 4 = 12. Now we have 12 * 4 = 48.\n\nNext, "
+     "we add 8 to this result: 12 + 8 = 20.\n\nSo, (6 + 8) * 4 = 12 * 4 = 48.\n\nThe answer is 48.",
+     [("6 * 4", "12", 0), ("12 * 4", "48", 0), ("12 + 8", "20", 0), ("6 + 8", "12", 1), ("12 * 4", "48", 2)],
+     "48", 0.0),
+    ("Compute 5 * 4 + 7 * 8.",
+     "To solve this problem, we need to follow the order of operations:\n\nFirst, we add 5 and 7, which gives us "
+     "11.\nNext, we multiply 11 by 8, which gives us 88.\nFinally, we add 11 and 88, which gives us 100.\n\nSo, "
+     "the answer is 100.",
+     [("5 + 7", "11", 0), ("11 * 8", "88", 0), ("11 + 88", "100", 0)], "100", 0.0),
+    ("Compute 9 - (2 - 7).",
+     "To compute 9 - (2 - 7), we need to first find the difference between the two given numbers.\n\nThe "
+     "difference between 2 and 7 is 2, so we add 2 to 9.\n\nSo, 9 - 2 = 7.\n\nSo, the answer is 7.",
+     [("2 - 7", "2", 2), ("9 - 2", "7", 1)], "7", 0.5 + 0.25),  # right order, wrong values
+    ("Compute (8 + 6) / 7.",
+     "To solve this problem, we need to first find the remainder of 8 + 6 when divided by 7. We can do this by "
+     "performing the division of 8 + 6 with 7. \n\n8 + 6 = 14, which is the remainder.\n\nSo, the answer is 14.",
+     [("8 + 6", "14", 1)], "14", 1.0),  # a right first step, then no second step
+]
+
+
+@pytest.mark.parametrize("problem, completion, expected, final, reward", REAL)
+def test_real_student_completions(problem, completion, expected, final, reward):
+    steps, answer = steps_of(completion, problem)
+    assert steps == expected and answer == final
+    expr = arith.normalized_expression(problem)
+    teacher = arith.teacher_solution(random.Random(1), expr)[1]
+    assert rule_structure_score(problem, teacher, completion).total == reward
