@@ -49,6 +49,11 @@ repro-mini: prepare
 lint: install
 	$(BIN)/ruff check .
 
+# docs/config.md from rlkd_ray/config.py and conf/ (tests/test_config_doc.py fails when it is stale).
+.PHONY: config-doc
+config-doc: install
+	$(BIN)/rlkd config --doc > docs/config.md.tmp && mv docs/config.md.tmp docs/config.md
+
 bench: bench-engines
 
 bench-engines: prepare

