@@ -101,10 +101,12 @@ def train(exp: MiniExperiment, arm: Arm, seed: int, run_dir: Path) -> Path:
         if sft_dir.exists():  # an SFT run cut off part-way (SFT does not resume): start it again
             print(f"[repro-mini] removing the unfinished SFT run {sft_dir}", flush=True)
             shutil.rmtree(sft_dir)
-        prompts = cfg.trainer.total_steps * cfg.trainer.prompts_per_step  # what an RL arm sees
-        rlkd(["sft", "--config", exp.base_config, *overrides, "sft.task=distill", f"sft.output_dir={run_dir / 'sft'}",
-              f"sft.limit={prompts}", f"sft.batch_size={cfg.trainer.prompts_per_step}", "sft.epochs=1"],
-             run_dir / "log.txt")
+        # the prompts an RL arm sees, P per optimizer step, as many optimizer steps
+        P = cfg.trainer.prompts_per_step
+        micro = math.gcd(P, cfg.learner.micro_batch_size)  # an SFT batch of P splits into micro-batches
+        rlkd(["sft", "--config", exp.base_config, *overrides, "sft.task=distill", f"sft.output_dir={sft_dir}",
+              f"sft.limit={cfg.trainer.total_steps * P}", f"sft.batch_size={P}", "sft.epochs=1",
+              f"learner.micro_batch_size={micro}"], run_dir / "log.txt")
         return run_dir / "sft" / "hf"
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None or read_state(ckpt)["step"] < cfg.trainer.total_steps:
