@@ -241,6 +241,14 @@ def versions() -> str:
     return f"rlkd-ray {commit or 'unknown'}; " + ", ".join(parts) + f"; Python {platform.python_version()}"
 
 
+def machine() -> str:
+    """CPU model and core count (Linux), else the platform's architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []
+    return f"{names[0]}, {len(names)} cores" if names else platform.machine()
+
+
 def write_report(exp: MiniExperiment, config_path: str, results: List[Dict[str, Any]], missing: List[str]) -> Path:
     out = Path(exp.results_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,7 +292,7 @@ def write_report(exp: MiniExperiment, config_path: str, results: List[Dict[str, 
         "![learning curves](repro_mini_curves.png)",
         "",
         f"Wall time of the runs above: {wall / 3600:.2f} h in all (summed over runs, one at a time).",
-        f"Machine: {platform.machine()}, {platform.processor() or 'CPU'}; versions: {versions()}.",
+        f"Machine: {machine()}; versions: {versions()}.",
     ]
     if missing:
         lines += ["", "Not finished yet (re-run `make repro-mini` to continue): " + ", ".join(missing) + "."]
