@@ -56,7 +56,7 @@ def test_batch_layout(tiny_model_path):
 
 def test_lr_schedule_warmup_then_constant():
     f = lr_lambda(total_steps=100, warmup_ratio=0.1, schedule="constant_with_warmup")
-    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
+    assert f(0) == 0.0 and f(1) == pytest.approx(1 / 10) and f(9) == pytest.approx(9 / 10)  # s/w, as transformers
     assert f(10) == 1.0 and f(99) == 1.0
     c = lr_lambda(total_steps=100, warmup_ratio=0.0, schedule="cosine")
     assert c(0) == 1.0 and c(50) == pytest.approx(0.5) and c(100) == pytest.approx(0.0)

@@ -99,6 +99,13 @@ def test_format_reward_accepts_exact_layout():
     assert format_reward("<think>\nline one\nline two\n</think>\n<answer>\nmulti\nline\n</answer>") == 1.0
 
 
+def test_format_reward_is_open_r1s_text_on_later_lines_scores_1():
+    """As Open-R1 and the RLKD release (re.match, MULTILINE `$`): `</answer>` must end a line; lines
+    after it do not matter."""
+    assert format_reward(r1("2") + "\nA closing remark.") == 1.0
+    assert format_reward(r1("2") + " trailing on the same line") == 0.0
+
+
 @pytest.mark.parametrize("completion", [
     "<think>reasoning\n</think>\n<answer>\n2\n</answer>",  # no newline after <think>
     "Sure! <think>\nr\n</think>\n<answer>\n2\n</answer>",  # text before <think>

@@ -115,10 +115,12 @@ def test_empty_side_scores_zero_with_reason(teacher, student, reason, per_step):
     assert judge.calls == []
 
 
-def test_judge_non_answer_is_counted_and_is_a_mismatch():
+def test_judge_non_answer_is_counted_and_halves_nothing_but_closes_the_meta_gate():
+    """As the RLKD release: only an explicit "no" on a sub-problem or sub-answer halves the step; the
+    meta gate stays open only on an explicit "yes"."""
     student = S(("m1", "q1", "a1?"), ("m2", "q2?", "a2?"), ("m3", "q3", "a3"), ("m4", "q4", "a4"))
     r = reward(TEACHER4, student)
-    assert r.per_step == [0.5, 0.25, 1.0, 1.0]
+    assert r.per_step == [1.0, 1.0, 1.0, 1.0]
     assert r.judge_non_answers == 3
     assert r.judgements[1] == {"meta": True, "query": None, "answer": None}
 

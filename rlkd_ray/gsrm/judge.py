@@ -3,7 +3,8 @@
 A verdict is read either from the first word of a greedy completion (`verdict_from_text`) or by
 comparing the log-probabilities of "yes" and "no" at the first generated position
 (`verdict_from_logprobs`); never by searching the text for a substring. `None` means the judge
-gave no usable answer; the structure reward counts it and treats it as a mismatch.
+gave no usable answer; the structure reward counts it, and it keeps no meta-reasoning gate open
+but halves no step (only an explicit "no" does; `rlkd_ray/gsrm/reward.py`).
 """
 
 from __future__ import annotations

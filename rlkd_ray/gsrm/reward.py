@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .judge import JUDGE_KINDS
 from .parser import Structure
 
-Verdict = Optional[bool]  # None: the judge gave no answer (counted, and a mismatch)
+Verdict = Optional[bool]  # None: the judge gave no answer (counted; closes the meta gate, halves nothing)
 Judge = Callable[[List[Tuple[str, str]], str], List[Verdict]]
 
 
@@ -51,15 +51,16 @@ def judge_requests(teacher: Structure, student: Structure) -> List[JudgeRequest]
 
 
 def _step_scores(judgements: Sequence[Dict[str, Verdict]]) -> List[float]:
-    # docs/design.md "Structured reward mechanism": meta mismatch zeroes this and every later step;
-    # a surviving step is halved for a sub-problem mismatch and halved for a sub-answer mismatch.
+    # docs/design.md "Structured reward mechanism": a meta-reasoning match is needed to keep this and
+    # every later step (a non-answer is no match); a surviving step is halved for an explicit sub-problem
+    # "no" and halved for an explicit sub-answer "no" (a non-answer does not halve, as in the RLKD release).
     scores, gate_open = [], True
     for v in judgements:
         gate_open = gate_open and v["meta"] is True
         score = 1.0 if gate_open else 0.0
-        if v["query"] is not True:
+        if v["query"] is False:
             score *= 0.5
-        if v["answer"] is not True:
+        if v["answer"] is False:
             score *= 0.5
         scores.append(score)
     return scores

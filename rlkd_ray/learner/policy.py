@@ -38,12 +38,13 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):
     """Learning-rate multiplier: linear warmup over warmup_ratio·total_steps, then constant
-    (the paper's recipe) or cosine decay to 0."""
+    (the paper's recipe) or cosine decay to 0; the schedules of transformers that the RLKD release
+    uses (`get_constant_schedule_with_warmup`: step s of w warm-up steps gets s/w, so step 0 gets 0)."""
     warmup = max(0, int(round(warmup_ratio * total_steps)))
 
     def f(step: int) -> float:
         if step < warmup:
-            return (step + 1) / (warmup + 1)
+            return step / warmup
         if schedule == "cosine":
             progress = (step - warmup) / max(1, total_steps - warmup)
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -17,8 +17,10 @@ from rlkd_ray.data.answers import last_boxed
 # math-verify's timeouts use SIGALRM, which only the main thread may set.
 _MAIN_THREAD_TIMEOUT_S = 5
 
-# R1 format reward: the whole completion is `<think>\n…\n</think>\n<answer>\n…\n</answer>`.
-_FORMAT = re.compile(r"<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>\s*", re.DOTALL)
+# R1 format reward, as Open-R1 and the RLKD release: the completion starts with
+# `<think>\n…\n</think>\n<answer>\n…\n</answer>` and `</answer>` ends a line (MULTILINE `$`), so text
+# on the lines after `</answer>` still scores 1 (docs/recipe.md, "Departures ... decided").
+_FORMAT = re.compile(r"^<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>$", re.DOTALL | re.MULTILINE)
 
 # R1 tag-count reward: 0.25 for each of these tags found exactly once.
 _TAGS = ("<think>\n", "\n</think>\n", "\n<answer>\n", "\n</answer>")
@@ -81,8 +83,8 @@ def accuracy_reward(completion: str, gold: str) -> Accuracy:
 
 
 def format_reward(completion: str) -> float:
-    """1.0 iff the completion is exactly `<think>\\n…\\n</think>\\n<answer>\\n…\\n</answer>`."""
-    return 1.0 if _FORMAT.fullmatch(completion) else 0.0
+    """1.0 iff the completion starts with `<think>\\n…\\n</think>\\n<answer>\\n…\\n</answer>` at a line end."""
+    return 1.0 if _FORMAT.match(completion) else 0.0
 
 
 def tag_count_reward(completion: str) -> float:
