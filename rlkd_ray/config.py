@@ -14,14 +14,14 @@ from typing import Any, List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-# The system prompt of the paper's recipe (Open-R1 style): reason in <think>, answer in <answer>.
-R1_SYSTEM_PROMPT = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant "
-    "solves it. The assistant first thinks about the reasoning process in the mind and then "
-    "provides the user with the answer. The reasoning process and answer are enclosed within "
-    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think>\nreasoning "
-    "process here\n</think>\n<answer>\nanswer here\n</answer>. Put the final answer within "
-    "\\boxed{}."
+# The system prompt the RLKD release trains with (its R1-Distill and zero recipes): reason in <think>,
+# answer in <answer>, the final answer boxed. The release's YAML writes `\boxed` in double quotes,
+# which YAML reads as a backspace + "oxed"; this is the text it means (docs/recipe.md).
+RLKD_SYSTEM_PROMPT = (
+    "You are a helpful AI Assistant that provides well-reasoned and detailed responses. You first "
+    "think about the reasoning process as an internal monologue and then provide the user with the "
+    "answer. Respond in the following format: <think>\n...\n</think>\n<answer>\n...\n</answer>. "
+    "A concise and definitive answer should be enclosed in \\boxed{}"
 )
 
 
@@ -81,7 +81,7 @@ class RolloutConfig:
     max_prompt_tokens: int = 1024  # problems with a longer prompt are left out (counted at start)
     max_new_tokens: int = 4096
     stop: List[str] = field(default_factory=list)  # stop strings
-    system_prompt: str = R1_SYSTEM_PROMPT  # "" = none
+    system_prompt: str = RLKD_SYSTEM_PROMPT  # "" = none
 
 
 @dataclass

@@ -20,6 +20,14 @@ def test_defaults_are_the_paper_recipe():
     assert cfg.trainer.max_staleness == 0
 
 
+def test_default_system_prompt_is_the_rlkd_releases():
+    """The release's R1-Distill recipe, not Open-R1's prompt; `\\boxed` as text, not a YAML backspace."""
+    prompt = load_config("conf/rlkd.yaml").rollout.system_prompt
+    assert prompt.startswith("You are a helpful AI Assistant that provides well-reasoned and detailed responses.")
+    assert "internal monologue" in prompt and "<think>\n...\n</think>\n<answer>\n...\n</answer>" in prompt
+    assert prompt.endswith("enclosed in \\boxed{}") and "\b" not in prompt
+
+
 def test_local_inherits_and_overrides():
     cfg = load_config("conf/local.yaml", ["trainer.total_steps=20", "reward.weights.structure=0"])
     assert cfg.model.student == "SmolLM2-135M-Instruct"

@@ -3,13 +3,15 @@ written by the real MetricsWriter from scored groups shaped as the reward worker
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from rlkd_ray.config import LoggingConfig
+from rlkd_ray.config import load_config
 from rlkd_ray.controller.metrics import MetricsWriter, batch_metrics
 from rlkd_ray.controller.samples import Problem, PromptGroup, Sample
 from rlkd_ray.eval import eval_metrics
@@ -65,10 +67,22 @@ def scored_group(step: int, slot: int, structure_weighted: bool = True) -> Promp
     return group
 
 
+def test_wandb_run_carries_the_run_config(tmp_path, monkeypatch):
+    """W&B is an optional extra (not installed here): a module in its place records what `init` gets."""
+    calls = []
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: calls.append(kw)))
+    cfg = load_config("conf/rlkd.yaml", ["logging.tensorboard=false", "logging.wandb_project=rlkd"])
+    MetricsWriter(tmp_path / "run", cfg)
+    (init,) = calls
+    assert init["project"] == "rlkd"
+    assert init["config"]["algo"]["kl_beta"] == 0.04 and init["config"]["model"]["student"] == cfg.model.student
+    assert init["config"]["rollout"]["system_prompt"] == cfg.rollout.system_prompt
+
+
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
     run = tmp_path / "run"
-    writer = MetricsWriter(run, LoggingConfig(tensorboard=False))
+    writer = MetricsWriter(run, load_config(None, ["logging.tensorboard=false"]))
     for step in (1, 2, 3):
         groups = [scored_group(step, slot) for slot in range(2)]
         metrics = batch_metrics(groups, step - 1)
@@ -104,12 +118,13 @@ def test_report_writes_valid_pngs_and_the_alignment_page(run_dir):
     assert "[Query 2]:</span> What is 9 times 2?" in page
     assert "[Answer 3]:</span> yes" in page
     assert "9 &lt;b&gt;eggs&lt;/b&gt;" in page and "<b>eggs</b>" not in page  # step text is escaped
-    # the verdicts and step scores of the prefix-gated reward: step 1 = 1, step 2 = 0.5 * 0.5, step 3 unaligned
+    # the verdicts and step scores of the prefix-gated reward: step 1 = 1, step 2 = 0.5 (a sub-problem
+    # "no"; the sub-answer non-answer halves nothing), step 3 unaligned
     row2 = page.split("<tr><td>2</td>")[1].split("</tr>")[0]
-    assert '<td class="yes">match</td><td class="no">mismatch</td><td class="none">no answer</td><td>0.25</td>' in row2
+    assert '<td class="yes">match</td><td class="no">mismatch</td><td class="none">no answer</td><td>0.5</td>' in row2
     row3 = page.split("<tr><td>3</td>")[1].split("</tr>")[0]
     assert "(no step)" in row3 and row3.count("not judged") == 3 and row3.endswith("<td>0</td>")
-    assert "structure reward <b>1.25</b> · teacher steps 2 · student steps 3 · judge non-answers 1" in page
+    assert "structure reward <b>1.5</b> · teacher steps 2 · student steps 3 · judge non-answers 1" in page
 
 
 def test_report_command_and_skipped_plots(run_dir, tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlkd_ray.algo.losses import sft_loss
-from rlkd_ray.config import R1_SYSTEM_PROMPT, SFTWeights, load_config
+from rlkd_ray.config import RLKD_SYSTEM_PROMPT, SFTWeights, load_config
 from rlkd_ray.controller.prompt_source import chat_messages
 from rlkd_ray.engines.base import build_prompt_ids
 from rlkd_ray.gsrm import build_decompose_messages
@@ -95,12 +95,12 @@ def test_gsrm_example_canonical_target_and_length_limit(tokenizer):
 
 def test_distill_example_is_r1_with_the_student_prompt(tokenizer):
     example = distill_example("d", "What is 2+2?", "<think>\nAdd: 2 + 2 = 4.\n</think>\nSo \\boxed{4}.", "4",
-                              R1_SYSTEM_PROMPT)
+                              RLKD_SYSTEM_PROMPT)
     assert example.target == "<think>\nAdd: 2 + 2 = 4.\n</think>\n<answer>\n\\boxed{4}\n</answer>"
     assert format_reward(example.target) == 1.0 and accuracy_reward(example.target, "4").score == 1.0
     row = tokenise(tokenizer, example, None, 4096)
     assert row.input_ids[: row.prompt_len] == build_prompt_ids(
-        tokenizer, chat_messages(R1_SYSTEM_PROMPT, "What is 2+2?"), 4096)
+        tokenizer, chat_messages(RLKD_SYSTEM_PROMPT, "What is 2+2?"), 4096)
     assert tokenizer.decode(row.input_ids[row.prompt_len:]) == example.target + "<|im_end|>"
     assert row.weights == [0.0] * row.prompt_len + [1.0] * (len(row.input_ids) - row.prompt_len)
 
@@ -196,7 +196,7 @@ def test_distill_baseline_saves_a_loadable_model(ray_cluster, tiny_model_path, t
     model = AutoModelForCausalLM.from_pretrained(summary.hf_dir)
     tok = AutoTokenizer.from_pretrained(summary.hf_dir)
     assert tok.chat_template == AutoTokenizer.from_pretrained(tiny_model_path).chat_template
-    ids = torch.tensor([build_prompt_ids(tok, chat_messages(R1_SYSTEM_PROMPT, "What is 1 + 1?"), 512)])
+    ids = torch.tensor([build_prompt_ids(tok, chat_messages(RLKD_SYSTEM_PROMPT, "What is 1 + 1?"), 512)])
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, ids.shape[1] + 3)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
     assert max((model.state_dict()[k] - base[k]).abs().max().item() for k in base) > 1e-4

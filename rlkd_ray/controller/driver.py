@@ -71,7 +71,7 @@ class Trainer:
         self.control = Control.options(name=control_name(str(self.run_dir.resolve()))).remote(
             {"rollout": r.num_workers, "reward": w.num_workers})
         self.control_checked = time.monotonic()
-        self.writer = MetricsWriter(self.run_dir, cfg.logging)
+        self.writer = MetricsWriter(self.run_dir, cfg)
         self.step = 0  # optimizer steps done
         self.version = 0  # policy version of the learner's weights (= steps done)
         self.synced = 0  # newest version whose load was sent to every rollout worker

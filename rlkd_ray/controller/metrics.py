@@ -7,14 +7,19 @@ import json
 import math
 from pathlib import Path
 from statistics import mean
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-from rlkd_ray.config import LoggingConfig
+from omegaconf import OmegaConf
+
+from rlkd_ray.config import RLKDConfig
 from rlkd_ray.controller.samples import PromptGroup
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str | Path, cfg: LoggingConfig, config_dict: Optional[dict] = None):
+    """Sinks of one run, configured by `cfg.logging`; a W&B run carries the whole run config `cfg`."""
+
+    def __init__(self, run_dir: str | Path, run_cfg: RLKDConfig):
+        cfg = run_cfg.logging
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
@@ -28,8 +33,8 @@ class MetricsWriter:
         if cfg.wandb_project:
             import wandb  # optional extra: pip install rlkd-ray[wandb]
 
-            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(self.dir), config=config_dict,
-                                    resume="allow")
+            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(self.dir), resume="allow",
+                                    config=OmegaConf.to_container(OmegaConf.structured(run_cfg)))
 
     def log(self, step: int, metrics: Dict[str, float]) -> None:
         with self.metrics_path.open("a") as f:

@@ -284,7 +284,7 @@ def run_sft(cfg: RLKDConfig) -> SFTSummary:
     out = Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
-    writer = MetricsWriter(out, cfg.logging)
+    writer = MetricsWriter(out, cfg)
     group = LearnerGroup(Learner, learner_config(cfg, model_path, steps))
     losses, seconds = [], []
     bar = tqdm(total=steps, desc=f"sft {s.task}", unit="step", dynamic_ncols=True, disable=not cfg.logging.progress)
