@@ -156,12 +156,26 @@ def test_openr1_skips_and_counts(capsys):
     assert f"{OPENR1} row 5: field 'answer' is missing" in capsys.readouterr().out
     assert dataset["id"] == ["or1-a", "or1-b", "or1-d", "or1-f", "or1-g"]
     assert dataset["answer"] == ["4", "4", r"\frac{3}{4}", "30", "3"]
-    # the teacher trace is the first generation marked correct, not the first generation
-    assert dataset[1]["teacher_reasoning"] == (
-        "<think>\nDivide both sides by 3: x = 12/3 = 4.\n</think>\n$x = \\boxed{4}$"
-    )
-    assert dataset[3]["teacher_reasoning"].startswith("<think>\nFive sixes")
+    # the teacher trace is the first generation marked correct, not the first generation; cut to its
+    # <think> content as the student's completions are, without the solution written after </think>
+    assert dataset[1]["teacher_reasoning"] == "Divide both sides by 3: x = 12/3 = 4."
+    assert dataset[3]["teacher_reasoning"] == "Five sixes are 30."
     assert dataset["teacher_structure"] == [None] * 5
+
+
+def test_teacher_trace_is_cut_like_the_students_once_for_every_reader(tmp_path):
+    """prepare-structures, annotate and the reward workers read the prepared rows: the teacher text
+    they decompose is the one `think_text` gives for a student completion of the same layout."""
+    from rlkd_ray.controller.samples import Problem
+    from rlkd_ray.data.answers import think_text
+
+    trace = "<think>\nFirst 2 + 2 = 4.\nCheck: 4 - 2 = 2.\n</think>\nSo the sum is $\\boxed{4}$.\n\n**Answer:** 4"
+    path = tmp_path / "r1.jsonl"
+    path.write_text(json.dumps({"problem": "2 + 2?", "answer": "4", "teacher_reasoning": trace}) + "\n")
+    prepare_data(DataConfig(name="r1", train=SourceConfig(kind="file", path=str(path)), eval=[]), tmp_path)
+    row = load_split(tmp_path, "r1", "train")[0]
+    assert row["teacher_reasoning"] == think_text(trace) == "First 2 + 2 = 4.\nCheck: 4 - 2 = 2."
+    assert Problem.from_row(row).teacher_reasoning == think_text(trace)
 
 
 def test_openr1_limit_keeps_first_rows():

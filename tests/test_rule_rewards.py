@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from rlkd_ray.config import CustomReward, RewardConfig, RewardWeights
+from rlkd_ray.data.answers import think_text
 from rlkd_ray.rewards import (
     RuleRewards,
     accuracy_reward,
@@ -14,7 +15,6 @@ from rlkd_ray.rewards import (
     load_custom,
     rule_components,
     tag_count_reward,
-    think_text,
     total_reward,
 )
 

@@ -94,8 +94,8 @@ def test_gsrm_example_canonical_target_and_length_limit(tokenizer):
 
 
 def test_distill_example_is_r1_with_the_student_prompt(tokenizer):
-    example = distill_example("d", "What is 2+2?", "<think>\nAdd: 2 + 2 = 4.\n</think>\nSo \\boxed{4}.", "4",
-                              RLKD_SYSTEM_PROMPT)
+    # teacher_reasoning as the prepared rows hold it: already cut to the <think> content (rlkd_ray/data/sources.py)
+    example = distill_example("d", "What is 2+2?", "Add: 2 + 2 = 4.", "4", RLKD_SYSTEM_PROMPT)
     assert example.target == "<think>\nAdd: 2 + 2 = 4.\n</think>\n<answer>\n\\boxed{4}\n</answer>"
     assert format_reward(example.target) == 1.0 and accuracy_reward(example.target, "4").score == 1.0
     row = tokenise(tokenizer, example, None, 4096)

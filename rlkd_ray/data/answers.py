@@ -1,4 +1,5 @@
-"""Gold answers out of reference solutions: the last `\\boxed{…}` (MATH) and `#### n` (GSM8K)."""
+"""Gold answers out of reference solutions: the last `\\boxed{…}` (MATH) and `#### n` (GSM8K); the
+reasoning of a trace (`think_text`)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,17 @@ def gsm8k_final_answer(solution: str) -> Optional[str]:
 def gsm8k_reasoning(solution: str) -> str:
     """The worked solution of a GSM8K answer: no calculator annotations, no final `#### n` line."""
     return _GSM8K_FINAL.sub("", strip_calculator_annotations(solution)).strip()
+
+
+def think_text(completion: str) -> str:
+    """The reasoning of a trace or completion: the `<think>` content when tagged, else the whole text.
+    The GSRM decomposes this text on both sides: the teacher's (cut once, where data rows are built)
+    and the student's (forced prefix + completion).
+
+    An unclosed `<think>` runs to the end; a `</think>` without an opening tag starts at the top
+    (chat templates that put `<think>` in the prompt).
+    """
+    open_at = completion.find("<think>")
+    start = open_at + len("<think>") if open_at != -1 else 0
+    end = completion.find("</think>", start)
+    return completion[start : end if end != -1 else len(completion)].strip()

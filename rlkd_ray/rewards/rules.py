@@ -90,15 +90,3 @@ def format_reward(completion: str) -> float:
 def tag_count_reward(completion: str) -> float:
     """0.25 for each R1 tag that occurs exactly once (with its newlines)."""
     return 0.25 * sum(completion.count(tag) == 1 for tag in _TAGS)
-
-
-def think_text(completion: str) -> str:
-    """The reasoning the GSRM decomposes: the `<think>` content when tagged, else the whole text.
-
-    An unclosed `<think>` runs to the end; a `</think>` without an opening tag starts at the top
-    (chat templates that put `<think>` in the prompt).
-    """
-    open_at = completion.find("<think>")
-    start = open_at + len("<think>") if open_at != -1 else 0
-    end = completion.find("</think>", start)
-    return completion[start : end if end != -1 else len(completion)].strip()

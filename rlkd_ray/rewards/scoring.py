@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 
 from rlkd_ray.config import RewardConfig
 from rlkd_ray.controller.samples import Problem, PromptGroup
+from rlkd_ray.data.answers import think_text
 from rlkd_ray.engines.base import Engine, PromptTooLong, Sampling, build_prompt_ids
 from rlkd_ray.gsrm import (
     Structure,
@@ -25,7 +26,6 @@ from rlkd_ray.gsrm import (
     verdict_from_logprobs,
 )
 from rlkd_ray.rewards.registry import RuleRewards
-from rlkd_ray.rewards.rules import think_text
 
 # The first token of the judge's reply, read case-insensitively: p(yes) = p("yes") + p("Yes").
 YES, NO = ("yes", "Yes"), ("no", "No")
