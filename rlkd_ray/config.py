@@ -82,6 +82,9 @@ class RolloutConfig:
     max_new_tokens: int = 4096
     stop: List[str] = field(default_factory=list)  # stop strings
     system_prompt: str = RLKD_SYSTEM_PROMPT  # "" = none
+    # The student's chat template: None = its tokenizer's own; a Jinja file; or a packaged name
+    # (`r1_distill`: the R1-Distill turns with `<think>` left to the model, as the RLKD release trains).
+    chat_template: Optional[str] = None
 
 
 @dataclass
@@ -118,8 +121,12 @@ class RewardConfig:
     domain: str = "math"  # math | code | science | puzzle: the few-shot examples of the decomposition prompt
     # Few-shot turn pairs in the GSRM prompt, at inference and in GSRM training (`rlkd sft`) alike.
     decompose_examples: int = 2
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    decompose_max_new_tokens: int = 1024  # GSRM output limit; the GSRM prompt gets the rest of max_model_len
+    # Holds the decomposition of a full-length student path (checked by `validate`).
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_model_len=17408))
+    # GSRM prompt tokens besides the problem and the path: chat template, instruction, few-shots (at most
+    # 1,114 with 2 few-shots on SmolLM2's tokenizer; tests/test_recipe.py measures the configured domain).
+    decompose_prompt_tokens: int = 1280
+    decompose_max_new_tokens: int = 10000  # GSRM output limit, as the RLKD release: a decomposition restates the path
     # A judge verdict needs p(yes) + p(no) >= this at its first token; else it is a non-answer.
     judge_min_prob: float = 0.5
 
@@ -487,6 +494,7 @@ def validate(cfg: RLKDConfig) -> None:
             raise ConfigError(f"'{pool}.engine.tensor_parallel_size' is {tp}, which needs backend vllm and "
                               f"0 < {pool}.num_gpus <= 1 (GPUs per rank); got backend {p.engine.backend}, "
                               f"num_gpus {p.num_gpus}")
+    validate_gsrm_context(cfg)
     for i, c in enumerate(cfg.reward.custom):
         if ":" not in c.fn:
             raise ConfigError(f"'reward.custom[{i}].fn' must be 'module:function', got {c.fn!r}")
@@ -503,6 +511,22 @@ def validate_arith(cfg: RLKDConfig) -> None:
     for key in ("train_size", "test_size", "hard_size"):
         if getattr(a, key) < 1:
             raise ConfigError(f"'data.arith.{key}' must be >= 1, got {getattr(a, key)}")
+
+
+def validate_gsrm_context(cfg: RLKDConfig) -> None:
+    """With a structure reward, the GSRM context must hold the decomposition of a full-length path:
+    a longer prompt gets structure reward 0, a hidden length penalty."""
+    r = cfg.reward
+    if r.weights.structure == 0:
+        return
+    overhead = cfg.rollout.max_prompt_tokens + r.decompose_prompt_tokens  # the problem + the rest of the prompt
+    need = cfg.rollout.max_new_tokens + overhead + r.decompose_max_new_tokens
+    if need > r.engine.max_model_len:
+        raise ConfigError(
+            f"'reward.engine.max_model_len' is {r.engine.max_model_len}, too small to decompose a full-length path: "
+            f"rollout.max_new_tokens {cfg.rollout.max_new_tokens} + prompt overhead {overhead} (the problem, up to "
+            f"rollout.max_prompt_tokens {cfg.rollout.max_prompt_tokens}, + reward.decompose_prompt_tokens "
+            f"{r.decompose_prompt_tokens}) + reward.decompose_max_new_tokens {r.decompose_max_new_tokens} = {need}")
 
 
 def validate_eval(cfg: RLKDConfig) -> None:

@@ -28,6 +28,17 @@ def test_default_system_prompt_is_the_rlkd_releases():
     assert prompt.endswith("enclosed in \\boxed{}") and "\b" not in prompt
 
 
+def test_gsrm_context_must_hold_a_full_length_path():
+    """A path whose decomposition prompt does not fit gets structure reward 0 while shorter paths of
+    its group keep theirs (a hidden length penalty): such a config is refused, naming the numbers."""
+    with pytest.raises(ConfigError, match=r"'reward\.engine\.max_model_len' is 8192.*rollout\.max_new_tokens 4096 "
+                                          r"\+ prompt overhead 2304 .*reward\.decompose_max_new_tokens 10000 = 16400"):
+        load_config("conf/cluster.yaml", ["reward.engine.max_model_len=8192"])
+    load_config("conf/cluster.yaml", ["reward.engine.max_model_len=8192", "reward.weights.structure=0"])  # no GSRM
+    for name in ("rlkd", "cluster", "cluster_multinode", "local"):
+        load_config(f"conf/{name}.yaml")
+
+
 def test_local_inherits_and_overrides():
     cfg = load_config("conf/local.yaml", ["trainer.total_steps=20", "reward.weights.structure=0"])
     assert cfg.model.student == "SmolLM2-135M-Instruct"

@@ -20,6 +20,13 @@ TEACHER = parse_structure(
     "So the final answer is: 18")
 
 
+def small_cfg(*overrides):
+    """A GSRM context of 2,048 tokens, which holds paths of up to 256 tokens (`validate`)."""
+    return load_config(None, ["reward.decompose_max_new_tokens=64", "reward.decompose_examples=1",
+                              "reward.engine.max_model_len=2048", "rollout.max_prompt_tokens=256",
+                              "rollout.max_new_tokens=256", *overrides])
+
+
 class CallCounter:
     """Delegates to a real engine and counts its calls (a spy, not a fake)."""
 
@@ -49,8 +56,7 @@ def test_group_scorer_real_model(smollm_engine, student_path):
 
     from rlkd_ray.rewards.scoring import GroupScorer
 
-    cfg = load_config(None, ["reward.decompose_max_new_tokens=64", "reward.decompose_examples=1",
-                             "reward.engine.max_model_len=2048", "reward.judge_min_prob=0.0"])
+    cfg = small_cfg("reward.judge_min_prob=0.0")
     tok = AutoTokenizer.from_pretrained(student_path)
     spy = CallCounter(smollm_engine)
     scorer = GroupScorer(cfg.reward, spy, spy, tok, tok)
@@ -100,3 +106,52 @@ def test_judge_min_prob_turns_low_mass_into_non_answers(smollm_engine, student_p
     lenient = GroupScorer(load_config(None, ["reward.judge_min_prob=0.0"]).reward, smollm_engine, smollm_engine, tok, tok)
     assert strict.verdicts(requests) == [None] * len(requests)  # p(yes)+p(no) < 1 always
     assert all(v in (True, False) for v in lenient.verdicts(requests))
+
+
+def test_empty_and_over_long_paths_get_no_steps_without_a_gsrm_call(smollm_engine, student_path):
+    """A path with no reasoning is not sent to the GSRM (its few-shot prompt would invent steps); a
+    path over the GSRM context is counted as too long, apart from parse failures."""
+    from transformers import AutoTokenizer
+
+    from rlkd_ray.rewards.scoring import GroupScorer
+
+    tok = AutoTokenizer.from_pretrained(student_path)
+    spy = CallCounter(smollm_engine)
+    scorer = GroupScorer(small_cfg("reward.judge_min_prob=0.0").reward, spy, spy, tok, tok)
+    problem = Problem("p", "What is 9 * 2?", "18", teacher_structure=format_structure(TEACHER))
+    completions = [
+        "<think>\n9 * 2 = 18.\n</think>\n<answer>\n\\boxed{18}\n</answer>",
+        "<think>\n \n</think>\n<answer>\n\\boxed{18}\n</answer>",  # no reasoning at all
+        "<think>\n...\n</think>\n<answer>\n\\boxed{18}\n</answer>",  # nothing but dots
+        "<think>\n" + "Then add one more. " * 400 + "\n</think>",  # over the 2,048-token GSRM context
+    ]
+    group = PromptGroup("s0-p0", 0, problem, [1, 2, 3], seed=0,
+                        samples=[Sample([1], [-0.1], c, "stop", 0) for c in completions])
+    scorer.score(group)
+    assert spy.calls[0] == ("generate", 1)  # only the first path reaches the GSRM
+    for s in group.samples[1:]:
+        assert s.structure["student_steps"] == 0 and s.rewards["structure"] == 0.0
+    assert group.samples[1].structure["student_parse_errors"] == ["no reasoning to decompose"]
+    assert group.samples[3].structure["student_parse_errors"][0].startswith("decomposition prompt too long")
+    assert (group.counters["student_empty_paths"], group.counters["student_too_long"]) == (2, 1)
+    assert group.counters["student_parse_failures"] == int(not group.samples[0].structure["student_steps"])
+
+
+def test_rewards_score_the_forced_prefix_plus_the_completion(smollm_engine, student_path):
+    """With a template that ends the prompt in `<think>\\n` (DeepSeek's R1-Distill), the completion
+    starts inside the reasoning; format, tags and the GSRM see `<think>\\n` + completion."""
+    from transformers import AutoTokenizer
+
+    from rlkd_ray.rewards.scoring import GroupScorer
+
+    tok = AutoTokenizer.from_pretrained(student_path)
+    spy = CallCounter(smollm_engine)
+    scorer = GroupScorer(small_cfg().reward, spy, spy, tok, tok)
+    problem = Problem("p", "What is 9 * 2?", "18", teacher_structure=format_structure(TEACHER))
+    completion = "9 * 2 = 18.\n</think>\n<answer>\n\\boxed{18}\n</answer>"
+    group = PromptGroup("s0-p0", 0, problem, [1, 2, 3], seed=0, completion_prefix="<think>\n",
+                        samples=[Sample([1], [-0.1], completion, "stop", 0)])
+    scorer.score(group)
+    (s,) = group.samples
+    assert (s.rewards["format"], s.rewards["tag_count"], s.rewards["accuracy"]) == (1.0, 1.0, 1.0)
+    assert s.text == completion  # the sample keeps what the model generated

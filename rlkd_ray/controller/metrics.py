@@ -83,7 +83,8 @@ def batch_metrics(groups: List[PromptGroup], learner_version: int) -> Dict[str, 
     if structures:
         out["structure/student_steps"] = mean(st["student_steps"] for st in structures)
         out["structure/teacher_steps"] = mean(st["teacher_steps"] for st in structures)
-    for key in ("judge_non_answers", "student_parse_failures", "teacher_parse_failures", "unscorable_accuracy"):
+    for key in ("judge_non_answers", "student_parse_failures", "student_too_long", "student_empty_paths",
+                "teacher_parse_failures", "teacher_too_long", "unscorable_accuracy"):
         out[f"count/{key}"] = sum(g.counters.get(key, 0) for g in groups)
     staleness = [learner_version - s.version for s in samples]
     out["staleness/max"], out["staleness/mean"] = max(staleness), mean(staleness)

@@ -1,4 +1,5 @@
-"""PromptSource: the training problems in a fixed order, as chat prompts of the student.
+"""PromptSource: the training problems in a fixed order, as chat prompts of the student; and the
+student's chat (its template, the prompt messages, the text the template forces into the answer).
 
 The order is a pure function of (seed, epoch), so the data position of step s is s·P and a resumed
 run sees exactly the prompts it would have seen. Problems whose prompt is over
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from typing import List
+from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from rlkd_ray.assets import resolve_model
-from rlkd_ray.config import RLKDConfig
+from rlkd_ray.config import ConfigError, RLKDConfig
 from rlkd_ray.controller.samples import Problem, PromptGroup
 from rlkd_ray.data import load_split, prepare_data
 from rlkd_ray.data.structure_control import shuffled_structures
@@ -33,12 +35,58 @@ def chat_messages(system_prompt: str, problem: str) -> List[dict]:
     return system + [{"role": "user", "content": problem}]
 
 
+# Packaged chat templates (`rollout.chat_template: <name>`).
+CHAT_TEMPLATES = {
+    # DeepSeek-R1-Distill's turn format with an empty generation prompt: the model writes `<think>`
+    # itself, as in the template the RLKD release trains its R1-Distill student with (DeepSeek's own
+    # template ends the prompt in `<think>\n`). The system prompt goes first, as there.
+    "r1_distill": (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}{% endif %}"
+        "{% endfor %}{% for m in messages %}{% if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+        "{% elif m['role'] == 'assistant' %}{{ '<｜Assistant｜>' + m['content'] + '<｜end▁of▁sentence｜>' }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+    ),
+}
+
+
+def load_chat_template(spec: str) -> str:
+    """The Jinja text of `rollout.chat_template`: a packaged name or a file."""
+    if spec in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[spec]
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"'rollout.chat_template' is {spec!r}: neither a packaged template "
+                          f"({', '.join(CHAT_TEMPLATES)}) nor a file")
+    return path.read_text()
+
+
+def student_tokenizer(model_path: str, chat_template: Optional[str]):
+    """The student's tokenizer with the chat template of `rollout.chat_template` (None: its own)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if chat_template is not None:
+        tokenizer.chat_template = load_chat_template(chat_template)
+    return tokenizer
+
+
+def forced_prefix(tokenizer) -> str:
+    """What the chat template writes into the assistant turn before the model's first token: the
+    generation prompt from its last `<think>` on (`<think>\n` for DeepSeek's R1-Distill template), or ""."""
+    turn = [{"role": "user", "content": "x"}]
+    closed = tokenizer.apply_chat_template(turn, tokenize=False)
+    opened = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    generation_prompt = opened[len(closed):] if opened.startswith(closed) else opened
+    at = generation_prompt.rfind("<think>")
+    return generation_prompt[at:] if at != -1 else ""
+
+
 class PromptSource:
     def __init__(self, cfg: RLKDConfig):
-        from transformers import AutoTokenizer
-
         self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.student, cfg.paths.cache_dir))
+        self.tokenizer = student_tokenizer(resolve_model(cfg.model.student, cfg.paths.cache_dir),
+                                           cfg.rollout.chat_template)
+        self.completion_prefix = forced_prefix(self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
@@ -83,4 +131,5 @@ class PromptSource:
     def group(self, step: int, slot: int) -> PromptGroup:
         i = self.index(step * self.cfg.trainer.prompts_per_step + slot)
         return PromptGroup(uid=f"s{step}-p{slot}", step=step, problem=self.problems[i],
-                           prompt_ids=self.prompt_ids[i], seed=group_seed(self.cfg.trainer.seed, step, slot))
+                           prompt_ids=self.prompt_ids[i], seed=group_seed(self.cfg.trainer.seed, step, slot),
+                           completion_prefix=self.completion_prefix)

@@ -56,3 +56,6 @@ class PromptGroup:
     samples: List[Sample] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)  # stage -> seconds spent on this group
     counters: Dict[str, int] = field(default_factory=dict)  # e.g. judge_non_answers, parse failures
+    # Text the chat template forces at the start of the assistant turn (`<think>\n` for DeepSeek's
+    # R1-Distill template); the rewards score it + each completion, the text as the model sees it.
+    completion_prefix: str = ""

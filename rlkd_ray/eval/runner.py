@@ -25,7 +25,7 @@ from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import RLKDConfig
 from rlkd_ray.controller.placement import start_engine_actor
 from rlkd_ray.controller.pools import WorkerPool
-from rlkd_ray.controller.prompt_source import chat_messages
+from rlkd_ray.controller.prompt_source import chat_messages, student_tokenizer
 from rlkd_ray.engines.base import Completion, PromptTooLong, Sampling, build_prompt_ids
 from rlkd_ray.eval.benchmarks import Benchmark, EvalProblem, load_benchmark, parse_benchmark_spec
 from rlkd_ray.eval.passk import default_ks
@@ -188,8 +188,6 @@ def run_eval(cfg: RLKDConfig, model: Union[str, WorkerPool], benchmarks: Sequenc
     or the rollout pool of a running training, whose workers hold the weights to evaluate (the
     tokenizer is then `cfg.model.student`'s). `label` names the model in the results.
     Needs a running Ray cluster."""
-    from transformers import AutoTokenizer
-
     from actors.rollout import RolloutWorker
 
     base = model if isinstance(model, str) else cfg.model.student
@@ -202,7 +200,7 @@ def run_eval(cfg: RLKDConfig, model: Union[str, WorkerPool], benchmarks: Sequenc
     if len(set(names)) != len(names):
         raise EvalError(f"benchmark names repeat ({', '.join(names)}); give files a name=... option")
     loaded = [load_benchmark(s, limit, cfg.data.arith) for s in specs]  # every bad benchmark fails before a worker starts
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(base, cfg.paths.cache_dir))
+    tokenizer = student_tokenizer(resolve_model(base, cfg.paths.cache_dir), cfg.rollout.chat_template)
     if isinstance(model, str):
         local = Path(model).expanduser()  # workers may run in another working directory
         ecfg, r = eval_config(cfg, str(local.resolve()) if local.is_dir() else model), cfg.rollout

@@ -90,10 +90,13 @@ def r1_target(reasoning: str, answer: str) -> str:
     return f"<think>\n{reasoning.strip()}\n</think>\n<answer>\n\\boxed{{{answer}}}\n</answer>"
 
 
-def distill_example(id: str, problem: str, teacher_reasoning: str, answer: str, system_prompt: str) -> Example:
+def distill_example(id: str, problem: str, teacher_reasoning: str, answer: str, system_prompt: str,
+                    completion_prefix: str = "") -> Example:
+    """The R1 target less what the student's chat template already forced into the turn (`<think>\\n`)."""
     from rlkd_ray.controller.prompt_source import chat_messages
 
-    return Example(id, chat_messages(system_prompt, problem), r1_target(teacher_reasoning, answer))
+    target = r1_target(teacher_reasoning, answer)
+    return Example(id, chat_messages(system_prompt, problem), target.removeprefix(completion_prefix))
 
 
 def read_annotations(path: Path, domain: str, n_examples: int, limit: Optional[int] = None) -> List[Example]:
@@ -116,14 +119,14 @@ def read_annotations(path: Path, domain: str, n_examples: int, limit: Optional[i
     return examples
 
 
-def teacher_traces(cfg: RLKDConfig) -> List[Example]:
+def teacher_traces(cfg: RLKDConfig, completion_prefix: str) -> List[Example]:
     """Distillation examples from the train split of the prepared dataset `data.name`."""
     from rlkd_ray.data import load_split, prepare_data
 
     prepare_data(cfg.data, cfg.paths.cache_dir)
     rows = load_split(cfg.paths.cache_dir, cfg.data.name, "train")
     examples = [distill_example(str(r["id"]), r["problem"], r["teacher_reasoning"], r["answer"],
-                                cfg.rollout.system_prompt)
+                                cfg.rollout.system_prompt, completion_prefix)
                 for r in rows if (r["teacher_reasoning"] or "").strip()]
     if not examples:
         raise SFTDataError(f"data {cfg.data.name!r}: the train split has no teacher traces")
@@ -248,7 +251,9 @@ def build_examples(cfg: RLKDConfig, tokenizer) -> Tuple[List[Tokenised], int]:
             if getattr(weights, name) < 0:
                 raise ConfigError(f"'sft.weights.{name}' must be >= 0, got {getattr(weights, name)}")
     else:
-        examples, weights = teacher_traces(cfg), None
+        from rlkd_ray.controller.prompt_source import forced_prefix
+
+        examples, weights = teacher_traces(cfg, forced_prefix(tokenizer)), None
     rows = [tokenise(tokenizer, e, weights, s.max_seq_len)
             for e in tqdm(examples, desc="tokenising", disable=not cfg.logging.progress)]
     kept = [r for r in rows if r is not None]
@@ -261,12 +266,12 @@ def run_sft(cfg: RLKDConfig) -> SFTSummary:
     """Fine-tune `base_model(cfg)` on the examples of `sft.task`; needs Ray initialised."""
     import ray
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
     from actors.learner import Learner
     from rlkd_ray.assets import resolve_model
     from rlkd_ray.controller.metrics import MetricsWriter
     from rlkd_ray.controller.pools import LearnerGroup
+    from rlkd_ray.controller.prompt_source import student_tokenizer
 
     s = cfg.sft
     per_call = cfg.learner.micro_batch_size * cfg.learner.world_size
@@ -274,7 +279,8 @@ def run_sft(cfg: RLKDConfig) -> SFTSummary:
         raise ConfigError(f"sft.batch_size={s.batch_size} must be a multiple of learner.micro_batch_size x "
                           f"learner.world_size = {per_call}")
     model_path = resolve_model(base_model(cfg), cfg.paths.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    # distill: the student's chat template, as in RL (rollout.chat_template)
+    tokenizer = student_tokenizer(model_path, cfg.rollout.chat_template if s.task == "distill" else None)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, too_long = build_examples(cfg, tokenizer)
     steps = s.total_steps or math.ceil(s.epochs * len(rows) / s.batch_size)

@@ -29,6 +29,20 @@ from rlkd_ray.rewards.registry import RuleRewards
 
 # The first token of the judge's reply, read case-insensitively: p(yes) = p("yes") + p("Yes").
 YES, NO = ("yes", "Yes"), ("no", "No")
+# Why a path gets no steps without a GSRM call: the only error of its structure starts with one of these.
+NO_REASONING = "no reasoning to decompose"
+TOO_LONG = "decomposition prompt too long"
+
+
+def has_reasoning(text: str) -> bool:
+    """A path without a letter or digit has no reasoning (the few-shot prompt would invent steps for it)."""
+    return any(c.isalnum() for c in text)
+
+
+def no_steps_reason(structure: Structure) -> str:
+    """Why a structure has no steps: `empty` (no reasoning), `too_long` (over the GSRM context) or `parse`."""
+    first = structure.errors[0] if structure.errors else ""
+    return "empty" if first == NO_REASONING else "too_long" if first.startswith(TOO_LONG) else "parse"
 
 
 def _logsumexp(xs: List[float]) -> float:
@@ -46,17 +60,21 @@ class GroupScorer:
 
     # -- GSRM ----------------------------------------------------------------------------------
     def decompose(self, problem: str, reasonings: List[str]) -> List[Structure]:
-        """One greedy GSRM call for all paths; a prompt over the context limit yields no steps."""
+        """One greedy GSRM call for all paths; a path without reasoning, or whose prompt is over the
+        context limit, gets no steps without a call."""
         prompts, slots = [], []
         structures: List[Structure] = [Structure([], None, []) for _ in reasonings]
         limit = self.gsrm_limit()
         for i, text in enumerate(reasonings):
+            if not has_reasoning(text):
+                structures[i] = Structure([], None, [NO_REASONING])
+                continue
             try:
                 prompts.append(build_prompt_ids(
                     self.gsrm_tok, build_decompose_messages(problem, text, self.cfg.domain, self.cfg.decompose_examples), limit))
                 slots.append(i)
             except PromptTooLong as e:
-                structures[i] = Structure([], None, [f"decomposition prompt too long: {e}"])
+                structures[i] = Structure([], None, [f"{TOO_LONG}: {e}"])
         if prompts:
             sampling = Sampling(n=1, temperature=0.0, max_new_tokens=self.cfg.decompose_max_new_tokens)
             for i, out in zip(slots, self.gsrm.generate(prompts, sampling)):
@@ -95,17 +113,19 @@ class GroupScorer:
         start = time.perf_counter()
         problem = group.problem
         teacher = self.teacher_structure(problem)
-        students = self.decompose(problem.problem, [think_text(s.text) for s in group.samples])
+        # the text as the model sees it: what the chat template forced into the answer + the completion
+        texts = [group.completion_prefix + s.text for s in group.samples]
+        students = self.decompose(problem.problem, [think_text(t) for t in texts])
         per_sample = [judge_requests(teacher, st) for st in students]
         flat = self.verdicts([r for reqs in per_sample for r in reqs])
-        counters = {"judge_non_answers": 0, "student_parse_failures": 0, "teacher_parse_failures": 0,
-                    "unscorable_accuracy": 0}
+        counters = {"judge_non_answers": 0, "unscorable_accuracy": 0, "student_parse_failures": 0,
+                    "student_too_long": 0, "student_empty_paths": 0}
         pos = 0
-        for sample, student, reqs in zip(group.samples, students, per_sample):
+        for sample, text, student, reqs in zip(group.samples, texts, students, per_sample):
             verdicts, pos = flat[pos: pos + len(reqs)], pos + len(reqs)
             score = score_from_verdicts(teacher, student, reqs, verdicts, self.cfg.normalize_structure)
             components = self.rules.components(
-                {"completion": sample.text, "answer": problem.answer, "problem": problem.problem,
+                {"completion": text, "answer": problem.answer, "problem": problem.problem,
                  "teacher_reasoning": problem.teacher_reasoning})
             components["structure"] = score.total
             sample.rewards = components
@@ -116,9 +136,13 @@ class GroupScorer:
                 "student_parse_errors": student.errors[:5],
             }
             counters["judge_non_answers"] += score.judge_non_answers
-            counters["student_parse_failures"] += not student.steps
             counters["unscorable_accuracy"] += components["accuracy"] is None
-        counters["teacher_parse_failures"] = int(not teacher.steps)
+            if not student.steps:
+                counters[{"empty": "student_empty_paths", "too_long": "student_too_long",
+                          "parse": "student_parse_failures"}[no_steps_reason(student)]] += 1
+        teacher_failure = no_steps_reason(teacher) if not teacher.steps else None
+        counters["teacher_too_long"] = int(teacher_failure == "too_long")
+        counters["teacher_parse_failures"] = int(teacher_failure in ("empty", "parse"))
         group.counters.update(counters)
         group.timings["reward"] = time.perf_counter() - start
         return group
