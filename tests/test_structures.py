@@ -62,7 +62,8 @@ def test_prepare_structures_on_math_rows(ray_cluster, student_path, tmp_path):
         f"paths.cache_dir={tmp_path / 'cache'}", "data.name=math3", "data.train.limit=3", "data.eval=[]",
         f"model.gsrm={student_path}", "model.dtype=float32", "reward.num_workers=1", "reward.num_cpus=1",
         "reward.num_gpus=0", "reward.engine.backend=hf", "reward.engine.max_model_len=2048",
-        "rollout.max_prompt_tokens=256", "rollout.max_new_tokens=256", "reward.engine.batch_size=4", "reward.decompose_max_new_tokens=24", "logging.progress=false"])
+        "rollout.max_prompt_tokens=256", "rollout.max_new_tokens=256", "reward.engine.batch_size=4",
+        "reward.decompose_max_new_tokens=24", "logging.progress=false"])
     summary = prepare_structures(cfg)
     print(f"prepare-structures on 3 MATH rows: {summary}")
     assert (summary.traces, summary.kept, summary.decomposed) == (3, 0, 3)
