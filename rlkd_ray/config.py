@@ -141,6 +141,11 @@ class AlgoConfig:
     kl_beta: float = 0.04  # weight of the KL term; 0 = no reference model
     kl_estimator: str = "k3"  # k1 | k3
     entropy_coef: float = 0.0  # entropy bonus weight
+    # Truncated importance sampling against the engine's behaviour log-probs: each token's loss term
+    # × min(π_learner / π_engine, tis_cap). Always on with trainer.max_staleness > 0; off, as in the
+    # paper's code, the ratio is taken against the learner's own log-probs only (exactly 1).
+    tis: bool = False
+    tis_cap: float = 2.0  # the truncation C
 
 
 @dataclass
@@ -464,6 +469,8 @@ def validate(cfg: RLKDConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"'{key}' must be >= 1, got {value}")
+    if cfg.algo.tis_cap <= 0:
+        raise ConfigError(f"'algo.tis_cap' must be > 0, got {cfg.algo.tis_cap}")
     if cfg.trainer.max_staleness < 0:
         raise ConfigError(f"'trainer.max_staleness' must be >= 0, got {cfg.trainer.max_staleness}")
     validate_eval(cfg)

@@ -13,6 +13,7 @@ from rlkd_ray.algo import (
     masked_mean,
     policy_loss,
 )
+from rlkd_ray.algo.losses import logprob_gap, truncated_is_weights
 
 LN2 = math.log(2.0)
 
@@ -228,3 +229,20 @@ def test_k3_gradient_matches_hand_derivative():
                         clip_eps=0.2, kl_beta=0.5, kl_estimator="k3")
     loss.backward()
     assert logprobs.grad.item() == pytest.approx(0.5 * (1 - 0.5))
+
+
+def test_truncated_is_weights_and_the_logprob_gap():
+    """w = min(π_old/μ, C): the engine's μ below the learner's π_old weighs a token up to C."""
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.5]]))
+    engine = torch.log(torch.tensor([[0.5, 0.25, 0.1, 0.9]]))
+    w = truncated_is_weights(old, engine, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 2.0, 2.0, 0.5 / 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    gap = logprob_gap(old, engine, mask)
+    assert gap["engine_logprob_diff_max"] == pytest.approx(LN2)  # the masked token's ln 5 does not count
+    assert gap["engine_logprob_diff"] == pytest.approx((0 + LN2 + math.log(0.9 / 0.5)) / 3)
+    logprobs = old.clone().requires_grad_(True)
+    adv = torch.tensor([1.0])
+    weighted, _ = policy_loss(logprobs, old, adv, mask, clip_eps=0.2, is_weights=w)
+    plain, _ = policy_loss(logprobs, old, adv, mask, clip_eps=0.2)
+    assert weighted.item() == pytest.approx(plain.item() * (1 + 2 + 0.5 / 0.9) / 3)

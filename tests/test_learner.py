@@ -45,7 +45,7 @@ def test_batch_layout(tiny_model_path):
     assert batch.input_ids[row, :p].tolist() == g.prompt_ids
     assert batch.input_ids[row, p : p + len(s.token_ids)].tolist() == s.token_ids
     assert batch.loss_mask[row].sum() == len(s.token_ids)
-    assert torch.allclose(batch.old_logprobs[row, p : p + len(s.token_ids)], torch.tensor(s.logprobs))
+    assert torch.allclose(batch.behaviour_logprobs[row, p : p + len(s.token_ids)], torch.tensor(s.logprobs))
     halves = [shard(batch, r, 2) for r in range(2)]
     assert sorted(len(h) for h in halves) == [4, 4]
     assert all(h.num_tokens == batch.num_tokens for h in halves)
@@ -63,13 +63,57 @@ def test_lr_schedule_warmup_then_constant():
 
 
 def learner_cfg(model_path, world_size, zero_stage=0):
-    return load_config(None, [
+    return load_config(None, learner_args(model_path, world_size, zero_stage))
+
+
+def learner_args(model_path, world_size, zero_stage=0):
+    return [
         f"model.student={model_path}", "model.dtype=float32", f"learner.world_size={world_size}",
         "learner.num_cpus=0.5", "learner.num_gpus=0", "learner.micro_batch_size=2",
         f"learner.zero_stage={zero_stage}", "learner.optim.lr=1e-3", "learner.optim.warmup_ratio=0",
         "learner.optim.grad_clip=1.0", "trainer.prompts_per_step=2", "rollout.group_size=4",
         "algo.kl_beta=0.04",
-    ])
+    ]
+
+
+@pytest.fixture
+def one_rank(monkeypatch):
+    """The environment of rank 0 of a one-rank world, for a PolicyLearner in this process."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(k, v)
+
+
+def step_metrics(model_path, batch, *overrides):
+    from rlkd_ray.controller.pools import LearnerGroup
+    from rlkd_ray.learner.policy import PolicyLearner
+
+    learner = PolicyLearner(load_config(None, [*learner_args(model_path, 1), *overrides]), model_path)
+    return LearnerGroup.reduce_metrics([learner.train_step(batch)])
+
+
+def test_ratio_is_against_the_learner_not_the_engine(one_rank, tiny_model_path):
+    """The engine's log-probs differ from the learner's by 1 nat on every token (more than the clip
+    range): the ratio is still exactly 1 (old = the learner's own log-probs, detached, as in the
+    paper's code), no token loses its gradient to the clip, and the gap is logged. With algo.tis or
+    stale rollouts the engine's log-probs enter as truncated importance weights min(e^1, 2) = 2."""
+    groups = make_groups(tiny_model_path)
+    for g in groups:
+        for s in g.samples:
+            s.logprobs = [lp - 1.0 for lp in s.logprobs]
+    batch = build_batch(groups, pad_id=0)
+    m = step_metrics(tiny_model_path, batch)
+    assert m["ratio_mean"] == 1.0 and m["clip_fraction"] == 0.0
+    assert m["engine_logprob_diff"] == pytest.approx(1.0, abs=1e-4)
+    assert m["engine_logprob_diff_max"] == pytest.approx(1.0, abs=1e-4)
+    for option in ("algo.tis=true", "trainer.max_staleness=1"):
+        weighted = step_metrics(tiny_model_path, batch, option, "algo.tis_cap=2.0")
+        assert weighted["ratio_mean"] == 1.0
+        assert weighted["policy_loss"] == pytest.approx(2 * m["policy_loss"], rel=1e-5), option
 
 
 def one_step(cfg, batch):

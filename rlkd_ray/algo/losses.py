@@ -1,4 +1,5 @@
-"""GRPO loss: clipped-ratio policy surrogate + KL to the reference, token-level mean.
+"""GRPO loss: clipped-ratio policy surrogate + KL to the reference, token-level mean; the truncated
+importance weights of tokens sampled by another policy (the engine).
 
 Token tensors are [B, T] (log-prob of each completion token; `mask` 1 on completion tokens);
 advantages are [B], one per sequence, broadcast over its tokens. Only `logprobs` gets gradients.
@@ -30,8 +31,10 @@ def policy_loss(
     mask: Tensor,
     clip_eps: float,
     num_tokens: Optional[float] = None,
+    is_weights: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Dict[str, float]]:
-    """PPO/GRPO clipped surrogate, token-level mean; metrics policy_loss, clip_fraction, ratio_mean."""
+    """PPO/GRPO clipped surrogate, token-level mean, each token's term × `is_weights` when given
+    (`truncated_is_weights`); metrics policy_loss, clip_fraction, ratio_mean."""
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(f"advantages must be [B]={tuple(logprobs.shape[:1])}, got {tuple(advantages.shape)}")
     mask = mask.float()
@@ -41,6 +44,8 @@ def policy_loss(
     clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv
     # PPO clipped objective (Schulman et al. 2017, eq. 7), as used by GRPO: -min(ratio·A, clip(ratio)·A).
     surrogate = -torch.min(unclipped, clipped)
+    if is_weights is not None:
+        surrogate = is_weights.detach() * surrogate
     loss = masked_mean(surrogate, mask, num_tokens)
     with torch.no_grad():
         metrics = {
@@ -50,6 +55,21 @@ def policy_loss(
             "ratio_mean": masked_mean(ratio, mask).item(),
         }
     return loss, metrics
+
+
+def truncated_is_weights(old_logprobs: Tensor, behaviour_logprobs: Tensor, cap: float) -> Tensor:
+    """Per-token weight of a token sampled by the behaviour policy μ (the engine, possibly some
+    versions back) for the learner's policy π_old."""
+    # Truncated importance sampling (IMPALA, Espeholt et al. 2018): w = min(π_old / μ, C).
+    return torch.clamp(torch.exp(old_logprobs.detach().float() - behaviour_logprobs.float()), max=cap)
+
+
+def logprob_gap(logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor) -> Dict[str, float]:
+    """Mean and max over unmasked tokens of |learner - engine| log-prob of the same sampled token."""
+    gap = (logprobs.detach().float() - behaviour_logprobs.float()).abs()
+    on = mask.bool()
+    return {"engine_logprob_diff": masked_mean(gap, mask).item(),
+            "engine_logprob_diff_max": gap[on].max().item() if on.any() else 0.0}
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k3") -> Tensor:
@@ -83,8 +103,10 @@ def grpo_loss(
     entropy_coef: float = 0.0,
     entropy: Optional[Tensor] = None,
     num_tokens: Optional[float] = None,
+    is_weights: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Dict[str, float]]:
-    """policy_loss + kl_beta·KL - entropy_coef·entropy, each a token-level mean.
+    """policy_loss (× `is_weights` per token when given) + kl_beta·KL - entropy_coef·entropy, each a
+    token-level mean.
 
     `entropy` is per token (entropy_from_logits); needed when entropy_coef != 0. `num_tokens`
     replaces the local token count as denominator (for a mean over a whole step's micro-batches).
@@ -96,7 +118,7 @@ def grpo_loss(
     if entropy_coef != 0 and entropy is None:
         raise ValueError(f"entropy_coef={entropy_coef} needs the per-token entropy")
     mask = mask.float()
-    pg_loss, metrics = policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps, num_tokens)
+    pg_loss, metrics = policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps, num_tokens, is_weights)
     loss = pg_loss
     if ref_logprobs is not None:
         kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)

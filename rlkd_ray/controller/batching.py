@@ -1,6 +1,6 @@
 """Scored groups → learner tensors (the Batcher of docs/design.md), and their split over ranks and
 micro-batches. Token positions are aligned with `input_ids`: `loss_mask[i, t] = 1` where token t of
-row i was sampled, and `old_logprobs[i, t]` is its behaviour log-prob.
+row i was sampled, and `behaviour_logprobs[i, t]` is its log-prob under the engine that sampled it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class TrainBatch:
     input_ids: torch.Tensor  # [N, L] prompt + completion, right-padded
     attention_mask: torch.Tensor  # [N, L]
     loss_mask: torch.Tensor  # [N, L] 1 on completion tokens
-    old_logprobs: torch.Tensor  # [N, L] behaviour log-probs on completion tokens, 0 elsewhere
+    behaviour_logprobs: torch.Tensor  # [N, L] the engine's log-probs on completion tokens, 0 elsewhere
     advantages: torch.Tensor  # [N]
     versions: torch.Tensor  # [N] policy version that generated each row
     num_tokens: int  # completion tokens of the whole global batch: the loss normaliser
@@ -30,7 +30,7 @@ class TrainBatch:
         """A subset of rows, trimmed to its longest sequence; `num_tokens` stays global."""
         parts = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "num_tokens"}
         width = int(parts["attention_mask"].sum(dim=1).max().item()) if len(parts["attention_mask"]) else 0
-        for name in ("input_ids", "attention_mask", "loss_mask", "old_logprobs"):
+        for name in ("input_ids", "attention_mask", "loss_mask", "behaviour_logprobs"):
             parts[name] = parts[name][:, :width]
         return TrainBatch(**parts, num_tokens=self.num_tokens)
 
@@ -45,7 +45,7 @@ def build_batch(groups: List[PromptGroup], pad_id: int) -> TrainBatch:
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     loss_mask = torch.zeros((n, width), dtype=torch.float32)
-    old_logprobs = torch.zeros((n, width), dtype=torch.float32)
+    behaviour_logprobs = torch.zeros((n, width), dtype=torch.float32)
     for i, (prompt, s) in enumerate(rows):
         if len(s.logprobs) != len(s.token_ids):
             raise ValueError(f"sample {i}: {len(s.token_ids)} tokens but {len(s.logprobs)} log-probs")
@@ -53,12 +53,12 @@ def build_batch(groups: List[PromptGroup], pad_id: int) -> TrainBatch:
         input_ids[i, : p + c] = torch.tensor(list(prompt) + list(s.token_ids))
         attention_mask[i, : p + c] = 1
         loss_mask[i, p : p + c] = 1.0
-        old_logprobs[i, p : p + c] = torch.tensor(s.logprobs, dtype=torch.float32)
+        behaviour_logprobs[i, p : p + c] = torch.tensor(s.logprobs, dtype=torch.float32)
     advantages = torch.tensor([s.advantage for _, s in rows], dtype=torch.float32)
     if not torch.isfinite(advantages).all():
         raise ValueError("build_batch: a sample has no finite advantage")
     versions = torch.tensor([s.version for _, s in rows], dtype=torch.long)
-    return TrainBatch(input_ids, attention_mask, loss_mask, old_logprobs, advantages, versions,
+    return TrainBatch(input_ids, attention_mask, loss_mask, behaviour_logprobs, advantages, versions,
                       num_tokens=int(loss_mask.sum().item()))
 
 

@@ -129,10 +129,11 @@ class LearnerGroup:
 
     @staticmethod
     def reduce_metrics(per_rank: List[Dict[str, float]]) -> Dict[str, float]:
-        """Token-weighted means over all ranks' micro-batches."""
+        """Token-weighted means over all ranks' micro-batches (`<name>_sum`); maxima over ranks (`<name>_max`)."""
         tokens = sum(m["tokens"] for m in per_rank)
         out = {k[: -len("_sum")]: sum(m[k] for m in per_rank) / max(tokens, 1.0)
                for k in per_rank[0] if k.endswith("_sum")}
+        out.update({k: max(m[k] for m in per_rank) for k in per_rank[0] if k.endswith("_max")})
         out.update(grad_norm=per_rank[0]["grad_norm"], lr=per_rank[0]["lr"], tokens=tokens)
         return out
 

@@ -15,7 +15,7 @@ from typing import Dict, Iterator, Optional
 
 import torch
 
-from rlkd_ray.algo.losses import entropy_from_logits, grpo_loss, sft_loss
+from rlkd_ray.algo.losses import entropy_from_logits, grpo_loss, logprob_gap, sft_loss, truncated_is_weights
 from rlkd_ray.config import RLKDConfig
 from rlkd_ray.controller.batching import TrainBatch, micro_batches, shard
 
@@ -109,28 +109,38 @@ class PolicyLearner:
     # -- the GRPO step -------------------------------------------------------------------------
     def train_step(self, batch: TrainBatch) -> Dict[str, float]:
         """One GRPO optimizer step over this rank's share of the global batch. Returns token-weighted
-        metric sums (`<name>_sum`, `tokens`) that `LearnerGroup.reduce_metrics` adds over ranks."""
+        metric sums (`<name>_sum`, `tokens`) and maxima (`<name>_max`) that `LearnerGroup.reduce_metrics`
+        combines over ranks."""
         cfg, algo = self.cfg, self.cfg.algo
         sums: Dict[str, float] = {"tokens": 0.0}
+        tis = algo.tis or cfg.trainer.max_staleness > 0
 
         def micro_loss(mb: TrainBatch) -> torch.Tensor:
             logp, entropy = token_logprobs(self.engine, mb.input_ids, mb.attention_mask,
                                            cfg.rollout.temperature, with_entropy=True)
+            # One update per batch, as the paper's code: π_old is the learner itself, this forward's
+            # log-probs detached (ratio exactly 1, gradient ∇log π; no extra pass, no engine numerics).
+            old_logp = logp.detach()
+            is_weights = truncated_is_weights(old_logp, mb.behaviour_logprobs, algo.tis_cap) if tis else None
             ref_logp = None
             if self.reference is not None:
                 with torch.no_grad():
                     ref_logp, _ = token_logprobs(self.reference, mb.input_ids, mb.attention_mask,
                                                  cfg.rollout.temperature)
             loss, metrics = grpo_loss(
-                logp, mb.old_logprobs, ref_logp, mb.advantages, mb.loss_mask,
+                logp, old_logp, ref_logp, mb.advantages, mb.loss_mask,
                 clip_eps=algo.clip_eps, kl_beta=algo.kl_beta, kl_estimator=algo.kl_estimator,
                 entropy_coef=algo.entropy_coef,
                 entropy=entropy if algo.entropy_coef else entropy.detach(),
-                num_tokens=batch.num_tokens)
+                num_tokens=batch.num_tokens, is_weights=is_weights)
+            metrics |= logprob_gap(old_logp, mb.behaviour_logprobs, mb.loss_mask)
             n = float(mb.loss_mask.sum().item())
             sums["tokens"] += n
-            for k, v in metrics.items():  # token-weighted, so that ranks and micro-batches add up
-                sums[f"{k}_sum"] = sums.get(f"{k}_sum", 0.0) + v * n
+            for k, v in metrics.items():
+                if k.endswith("_max"):  # the largest over micro-batches (and ranks)
+                    sums[k] = max(sums.get(k, 0.0), v)
+                else:  # token-weighted, so that ranks and micro-batches add up
+                    sums[f"{k}_sum"] = sums.get(f"{k}_sum", 0.0) + v * n
             return loss
 
         sums["grad_norm"] = self._optimizer_step(batch, micro_loss)
