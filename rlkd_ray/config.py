@@ -43,7 +43,8 @@ class ModelConfig:
     gsrm: str = "Qwen/Qwen2.5-7B-Instruct"  # the structure decomposer
     judge: Optional[str] = None  # yes/no step judge; None = the GSRM model (one engine)
     # float32 | bfloat16 | float16, for learner and engines alike. float32 where the behaviour and learner
-    # log-probs must agree closely (CPU, tests); bfloat16 on GPUs, where the ratio absorbs the drift.
+    # log-probs must agree closely (CPU, tests); bfloat16 on GPUs (the ratio is taken against the learner,
+    # so the drift costs no gradient; algo.tis weighs it in; `engine_logprob_diff` logs it).
     dtype: str = "bfloat16"
 
 
@@ -121,13 +122,15 @@ class RewardConfig:
     domain: str = "math"  # math | code | science | puzzle: the few-shot examples of the decomposition prompt
     # Few-shot turn pairs in the GSRM prompt, at inference and in GSRM training (`rlkd sft`) alike.
     decompose_examples: int = 2
-    # Holds the decomposition of a full-length student path (checked by `validate`).
+    # The GSRM and judge engine; max_model_len must hold max_prompt_tokens + decompose_prompt_tokens +
+    # rollout.max_new_tokens + decompose_max_new_tokens: a full-length path's decomposition (`validate`).
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_model_len=17408))
     # GSRM prompt tokens besides the problem and the path: chat template, instruction, few-shots (at most
     # 1,114 with 2 few-shots on SmolLM2's tokenizer; tests/test_recipe.py measures the configured domain).
     decompose_prompt_tokens: int = 1280
     decompose_max_new_tokens: int = 10000  # GSRM output limit, as the RLKD release: a decomposition restates the path
-    # A judge verdict needs p(yes) + p(no) >= this at its first token; else it is a non-answer.
+    # A judge verdict needs p(yes) + p(no) >= this at its first token; else it is a non-answer (counted;
+    # it closes the meta-reasoning gate like a "no" but halves no step, as in the RLKD release).
     judge_min_prob: float = 0.5
 
 
