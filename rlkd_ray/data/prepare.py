@@ -19,6 +19,7 @@ from typing import Dict
 import datasets
 
 from rlkd_ray.config import DataConfig
+from rlkd_ray.data.arith import ARITH_SPLITS
 from rlkd_ray.data.errors import DataError
 from rlkd_ray.data.sources import EVAL_SPLITS, SourceStats, build_source, eval_split
 
@@ -48,11 +49,14 @@ def data_root(cache_dir: str | Path, name: str) -> Path:
 
 def _build_key(data_cfg: DataConfig) -> Dict:
     """What decides the content of the build (not `name`, the folder; not `shuffle`, a read-time option)."""
-    return {
+    key = {
         "train": asdict(data_cfg.train),
         "eval": list(data_cfg.eval),
         "skip_bad_rows": data_cfg.skip_bad_rows,
     }
+    if data_cfg.train.kind == "arith" or any(name in ARITH_SPLITS for name in data_cfg.eval):
+        key["arith"] = asdict(data_cfg.arith)
+    return key
 
 
 def _prepared(root: Path, marker: Dict, reused: bool) -> PreparedData:
@@ -85,10 +89,10 @@ def prepare_data(data_cfg: DataConfig, cache_dir: str | Path, force: bool = Fals
         print(f"[data] {data_cfg.name}: {root} was built from another configuration; rebuilding", flush=True)
 
     t0 = time.perf_counter()
-    train, train_stats = build_source(data_cfg.train, data_cfg.skip_bad_rows)
+    train, train_stats = build_source(data_cfg.train, data_cfg.skip_bad_rows, data_cfg.arith)
     splits = {"train": train}
     for name in data_cfg.eval:
-        splits[name] = eval_split(name)
+        splits[name] = eval_split(name, data_cfg.arith)
     rows = {name: len(split) for name, split in splits.items()}
     marker = {"config": key, "rows": rows, "train_stats": asdict(train_stats)}
 

