@@ -70,6 +70,11 @@ def batch_metrics(groups: List[PromptGroup], learner_version: int) -> Dict[str, 
         if values:
             out[f"reward/{name}"] = mean(values)
     out["accuracy"] = out.get("reward/accuracy", math.nan)
+    # groups without a learning signal (every total equal, so every advantage 0), and groups whose
+    # samples the structure reward tells apart
+    out["batch/constant_reward_groups"] = mean(len({s.total for s in g.samples}) == 1 for g in groups)
+    if "structure" in samples[0].rewards:
+        out["structure/varying_groups"] = mean(len({s.rewards["structure"] for s in g.samples}) > 1 for g in groups)
     out["response_length"] = mean(len(s.token_ids) for s in samples)
     out["truncated_fraction"] = mean(s.finish_reason == "length" for s in samples)
     structures = [s.structure for s in samples if s.structure]
