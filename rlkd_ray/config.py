@@ -209,7 +209,7 @@ class ArithConfig:
 
     seed: int = 0  # the problems of every split follow from it
     min_ops: int = 2  # operations per problem: min_ops..ops, uniformly (train and arith_test)
-    ops: int = 3  # (pilot, SmolLM2-135M-Instruct greedy: 1 op 36/64, 2 ops 10/64, 3 ops 2/64 correct)
+    ops: int = 3  # SmolLM2-135M-Instruct greedy, last number right: 1 op ~40 %, 2 ops ~15 %, 3 ops ~3 %; boxed: ~1 %
     digits: int = 1  # literals have 1..digits digits (1..10**digits - 1, no zero)
     paren_depth: int = 1  # at most this many nested parentheses (0 = none)
     train_size: int = 5000  # distinct training problems

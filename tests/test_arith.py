@@ -207,3 +207,20 @@ def test_arith_benchmarks_and_config():
     for bad in ("data.arith.min_ops=0", "data.arith.hard_ops=3", "data.arith.digits=0", "data.arith.test_size=0"):
         with pytest.raises(ConfigError, match="data.arith"):
             load_config(overrides=[bad])
+
+
+def test_every_knob_of_arith_config_reaches_the_generator():
+    import dataclasses
+
+    assert arith._Knobs._fields == tuple(f.name for f in dataclasses.fields(ArithConfig))
+    assert arith.split_rows(SMALL, "arith_hard") == arith.build_splits(SMALL)["arith_hard"]
+    assert arith.split_rows(replace(SMALL, digits=2), "arith_hard") != arith.split_rows(SMALL, "arith_hard")
+
+
+def test_check_disjoint_raises_on_a_shared_expression():
+    rows = arith.build_splits(SMALL)
+    arith.check_disjoint(rows)
+    leaked = dict(rows, train=rows["train"] + [dict(rows["arith_test"][3], problem="Compute " +
+                                                       arith.normalized_expression(rows["arith_test"][3]["problem"]).replace(" ", "") + ".")])
+    with pytest.raises(ValueError, match="is also in train"):
+        arith.check_disjoint(leaked)

@@ -20,7 +20,9 @@ meta field of the teacher structure ends with `(operator k of the problem)`; the
 
 Splits: `train`, `arith_test` (held-out, the train distribution) and `arith_hard` (held-out, more
 operations). Problems are distinct within a split and the eval splits never share a normalised
-expression with `train` (`normalized_expression`).
+expression with `train` (`normalized_expression`; built so, and checked by `check_disjoint`). The eval
+splits are drawn first; where the space of expressions is small (one operation on one-digit numbers
+has about 250), drawing distinct problems thins out the small problems of the later splits.
 
 Prompt format assumed: the problem is the user message; the system prompt is `SYSTEM_PROMPT`
 (or any prompt that asks for the final answer in `\\boxed{}`): the accuracy reward
@@ -30,17 +32,19 @@ integer gold answer.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-# A short instruction a 135M student can follow; the final answer in \boxed{} is what the
-# project's accuracy reward reads.
+# A short instruction with one worked example: the final answer in \boxed{} is what the project's
+# accuracy reward reads, and SmolLM2-135M-Instruct boxed its answer only when shown an example (0 of
+# 48 problems without one under four instruction wordings, 9 of 48 with this one).
 SYSTEM_PROMPT = (
-    "Solve the arithmetic problem step by step. Follow the order of operations and write one "
-    "operation per line, like 8 + 7 = 15. Put the final answer in \\boxed{}."
+    "Solve the arithmetic problem one operation per line, following the order of operations. Example:\n"
+    "Compute 2 + 3 * 4.\n3 * 4 = 12\n2 + 12 = 14\nThe answer is \\boxed{14}."
 )
 
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
@@ -503,6 +507,18 @@ def _rows(name: str, seed: int, size: int, ops: Tuple[int, int], digits: int, ma
     return rows
 
 
+class _Knobs(NamedTuple):
+    seed: int
+    min_ops: int
+    ops: int
+    digits: int
+    paren_depth: int
+    train_size: int
+    test_size: int
+    hard_ops: int
+    hard_size: int
+
+
 def build_splits(cfg) -> Dict[str, List[Dict[str, str]]]:
     """`train`, `arith_test`, `arith_hard` of an `ArithConfig`: the eval splits first, then train
     without their expressions (so the eval splits do not depend on `train_size`)."""
@@ -512,14 +528,35 @@ def build_splits(cfg) -> Dict[str, List[Dict[str, str]]]:
                  cfg.paren_depth, held)
     held |= {normalized_expression(r["problem"]) for r in hard}
     train = _rows("train", cfg.seed, cfg.train_size, (cfg.min_ops, cfg.ops), cfg.digits, cfg.paren_depth, held)
-    return {"train": train, "arith_test": test, "arith_hard": hard}
+    splits = {"train": train, "arith_test": test, "arith_hard": hard}
+    check_disjoint(splits)
+    return splits
+
+
+def check_disjoint(splits: Dict[str, List[Dict[str, str]]]) -> None:
+    """Raise if a split repeats a problem or two splits share a normalised expression."""
+    seen: Dict[Optional[str], str] = {}
+    for name, rows in splits.items():
+        for row in rows:
+            key = normalized_expression(row["problem"])
+            if key is None or key in seen:
+                raise ValueError(f"arith split {name}: {row['problem']!r} "
+                                 + ("has no expression" if key is None else f"is also in {seen[key]}"))
+            seen[key] = name
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_splits(knobs: Tuple) -> Dict[str, List[Dict[str, str]]]:
+    return build_splits(_Knobs(*knobs))
 
 
 def split_rows(cfg, name: str) -> List[Dict[str, str]]:
-    """One split (`train`, `arith_test`, `arith_hard`) of an `ArithConfig`."""
+    """One split (`train`, `arith_test`, `arith_hard`) of an `ArithConfig` (all three are built
+    together, once per configuration and process)."""
     if name not in ("train",) + ARITH_SPLITS:
         raise ValueError(f"unknown arith split {name!r}")
-    return build_splits(cfg)[name]
+    knobs = tuple(getattr(cfg, f) for f in _Knobs._fields)
+    return [dict(r) for r in _cached_splits(knobs)[name]]
 
 
 def expressions(rows: Iterable[Dict[str, str]]) -> Set[Optional[str]]:

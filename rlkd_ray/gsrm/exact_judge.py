@@ -53,8 +53,9 @@ def position(text: str) -> Optional[int]:
 
 
 def operation_in(text: str) -> Optional[OperationKey]:
-    """The first `a op b` written in `text` (alone, or as the left side of an equality)."""
-    toks = tokens(text)
+    """The first `a op b` written in `text` (alone, or as the left side of an equality); a position
+    marker is not read."""
+    toks = tokens(_POSITION.sub(" ", text))
     for i in range(len(toks) - 2):
         a, op, b = toks[i : i + 3]
         if a.kind == "num" and op.kind == "op" and b.kind == "num":
@@ -71,7 +72,7 @@ def operation_in(text: str) -> Optional[OperationKey]:
 
 def value_in(text: str) -> Optional[Fraction]:
     """The value of the last number written in `text`."""
-    numbers = [t.value for t in tokens(text) if t.kind == "num"]
+    numbers = [t.value for t in tokens(_POSITION.sub(" ", text)) if t.kind == "num"]
     return numbers[-1] if numbers else None
 
 

@@ -68,8 +68,9 @@ _REWRITES: Sequence[Tuple[re.Pattern, str]] = [
         (r"\bplus\b", " + "),
         (r"\bminus\b", " - "),
         (r"(?<=[\d)])[ \t]*[xX][ \t]*(?=[\d(])", " * "),
-        (r",?[ \t]*\b(?:which|that|this)[ \t]+(?:is|gives|equals|makes)\b", " = "),
-        (r"\bis[ \t]+equal[ \t]+to\b|\bequals?\b|\bis\b|\bgives\b|\bmakes\b|\byields\b|\b(?:to|we)[ \t]+get\b"
+        (r",?[ \t]*\b(?:which|that|this)[ \t]+(?:is|gives|equals|makes|results[ \t]+in)(?:[ \t]+us)?\b", " = "),
+        (r"\bis[ \t]+equal[ \t]+to\b|\bequals?\b|\bis\b|\b(?:gives|makes|gets)(?:[ \t]+us)?\b|\byields\b"
+         r"|\bresults[ \t]+in\b|\b(?:to|we)[ \t]+(?:get|obtain)\b"
          r"|==|=>|→|⇒", " = "),
     )
 ]
