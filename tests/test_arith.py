@@ -191,7 +191,8 @@ def test_data_train_kind_arith_builds_the_schema_and_prepares(tmp_path):
     cfg = DataConfig(name="arith", train=SourceConfig(kind="arith"), eval=["arith_test", "arith_hard"], arith=SMALL)
     prepared = prepare_data(cfg, tmp_path)
     assert prepared.rows == {"train": 300, "arith_test": 120, "arith_hard": 60}
-    assert load_split(tmp_path, "arith", "arith_hard")["problem"] == [r["problem"] for r in arith.build_splits(SMALL)["arith_hard"]]
+    hard = arith.build_splits(SMALL)["arith_hard"]
+    assert load_split(tmp_path, "arith", "arith_hard")["problem"] == [r["problem"] for r in hard]
     assert not prepare_data(replace(cfg, arith=replace(SMALL, seed=9)), tmp_path).reused  # knobs are in the key
 
 
@@ -220,7 +221,7 @@ def test_every_knob_of_arith_config_reaches_the_generator():
 def test_check_disjoint_raises_on_a_shared_expression():
     rows = arith.build_splits(SMALL)
     arith.check_disjoint(rows)
-    leaked = dict(rows, train=rows["train"] + [dict(rows["arith_test"][3], problem="Compute " +
-                                                       arith.normalized_expression(rows["arith_test"][3]["problem"]).replace(" ", "") + ".")])
+    expr = arith.normalized_expression(rows["arith_test"][3]["problem"]).replace(" ", "")
+    leaked = dict(rows, train=rows["train"] + [dict(rows["arith_test"][3], problem=f"Compute {expr}.")])
     with pytest.raises(ValueError, match="is also in train"):
         arith.check_disjoint(leaked)
