@@ -17,7 +17,7 @@ from rlkd_ray.controller.batching import TrainBatch
 @ray.remote
 class Learner:
     def __init__(self, cfg: RLKDConfig, rank: int):
-        set_threads(cfg.learner.num_cpus)
+        set_threads(cfg.learner.num_cpus, cfg.learner.cpu_threads)
         self.cfg, self.rank = cfg, rank
         self.learner = None
         self.sync_group = None  # rank 0's member of the broadcast weight-sync group

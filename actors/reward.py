@@ -1,5 +1,7 @@
 """RewardWorker: holds the GSRM decomposer and the judge (one engine when they are the same model)
-and scores whole prompt groups. The pool of these scales independently of the rollout pool."""
+and scores whole prompt groups. The pool of these scales independently of the rollout pool.
+Without a generative structure reward (`reward.gsrm_backend: rule`, or `reward.weights.structure` 0)
+it loads no model at all."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from rlkd_ray.config import RLKDConfig
 from rlkd_ray.controller.samples import PromptGroup
 from rlkd_ray.engines import make_engine
 from rlkd_ray.gsrm import Structure
-from rlkd_ray.rewards.scoring import GroupScorer
+from rlkd_ray.rewards.scoring import GroupScorer, needs_models
 
 
 @ray.remote
@@ -22,6 +24,10 @@ class RewardWorker:
         from transformers import AutoTokenizer
 
         set_threads(cfg.reward.num_cpus, cfg.reward.engine.cpu_threads)
+        self.engines = []
+        if not needs_models(cfg.reward):
+            self.scorer = GroupScorer(cfg.reward)
+            return
         cache = cfg.paths.cache_dir
         gsrm_path = resolve_model(cfg.model.gsrm, cache)
         judge_path = resolve_model(cfg.model.judge, cache) if cfg.model.judge else gsrm_path

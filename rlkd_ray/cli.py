@@ -17,6 +17,7 @@ from rlkd_ray.offline.sft import cmd_sft
 from rlkd_ray.offline.structures import add_structures_arguments, cmd_prepare_structures
 from rlkd_ray.ray_session import ray_session
 from rlkd_ray.report.compare import add_compare_arguments, cmd_compare
+from rlkd_ray.report.summary import training_summary
 from rlkd_ray.report.training import add_report_arguments, cmd_report
 
 
@@ -53,6 +54,7 @@ def cmd_train(cfg: RLKDConfig, args) -> None:
         summary = trainer.run()
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=1))
+    print(training_summary(summary["run_dir"], cfg.eval.confidence))
     print(f"metrics:    {summary['run_dir']}/metrics.jsonl (TensorBoard: {summary['run_dir']}/tensorboard)")
     print(f"samples:    {summary['run_dir']}/samples.jsonl")
     print(f"checkpoint: {summary['checkpoint']} (Hugging Face format in its hf/ folder)")

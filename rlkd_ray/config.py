@@ -68,6 +68,14 @@ class EngineConfig:
 
 
 @dataclass
+class PromptExample:
+    """A worked example shown to the student before its problem: one user turn, one assistant turn."""
+
+    problem: str = "???"
+    solution: str = "???"
+
+
+@dataclass
 class RolloutConfig:
     """The rollout pool: student engines that generate G completions per prompt, with behaviour log-probs."""
 
@@ -86,6 +94,8 @@ class RolloutConfig:
     # The student's chat template: None = its tokenizer's own; a Jinja file; or a packaged name
     # (`r1_distill`: the R1-Distill turns with `<think>` left to the model, as the RLKD release trains).
     chat_template: Optional[str] = None
+    # Worked examples as earlier chat turns of every student prompt (training, eval); none by default.
+    examples: List[PromptExample] = field(default_factory=list)
 
 
 @dataclass
@@ -119,6 +129,10 @@ class RewardConfig:
     weights: RewardWeights = field(default_factory=RewardWeights)
     custom: List[CustomReward] = field(default_factory=list)  # extra reward terms by import path
     normalize_structure: bool = False  # divide the structure reward by the teacher's step count
+    # Who decomposes paths and judges steps: generative (the GSRM and judge models on `engine`, the
+    # paper's method, for math) | rule (rlkd_ray/gsrm/rule.py + exact_judge.py: the exact stand-in for
+    # the generative GSRM and judge in domains whose steps can be checked, the arith domain; no model).
+    gsrm_backend: str = "generative"
     domain: str = "math"  # math | code | science | puzzle: the few-shot examples of the decomposition prompt
     # Few-shot turn pairs in the GSRM prompt, at inference and in GSRM training (`rlkd sft`) alike.
     decompose_examples: int = 2
@@ -173,6 +187,10 @@ class LearnerConfig:
     num_gpus: float = 1.0  # per rank
     zero_stage: int = 0  # DeepSpeed ZeRO stage, 0-3
     micro_batch_size: int = 4  # sequences per forward/backward
+    cpu_threads: Optional[int] = None  # torch / OMP threads of each rank on CPU; None = num_cpus
+    # CPU only: bfloat16 autocast of the forward passes (student, reference) over float32 weights
+    # (model.dtype float32); for CPUs with bf16 units (AVX-512 BF16 / AMX). None = off.
+    autocast: Optional[str] = None
     gradient_checkpointing: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -192,6 +210,7 @@ class TrainerConfig:
     eval_every: int = 0  # in-training eval every this many optimizer steps (sampling: eval.*); 0 = off
     eval_benchmarks: List[str] = field(default_factory=lambda: ["math500"])  # held out from training
     eval_limit: Optional[int] = 100  # first problems of each benchmark per in-training eval; None = all
+    eval_at_start: bool = False  # also evaluate the initial weights (logged at step 0) when eval_every > 0
 
 
 @dataclass
@@ -441,6 +460,7 @@ _CHOICES = {
     "learner.optim.schedule": ("constant_with_warmup", "cosine"),
     "data.train.kind": ("math", "file", "hub", "openr1", "arith"),
     "reward.domain": ("math", "code", "science", "puzzle"),
+    "reward.gsrm_backend": ("generative", "rule"),
     "annotate.backend": ("openai", "engine"),
     "annotate.engine.backend": ("hf", "vllm"),
     "sft.task": ("gsrm", "distill"),
@@ -478,6 +498,12 @@ def validate(cfg: RLKDConfig) -> None:
         raise ConfigError(f"'trainer.max_staleness' must be >= 0, got {cfg.trainer.max_staleness}")
     validate_eval(cfg)
     validate_arith(cfg)
+    if cfg.learner.autocast not in (None, "bfloat16"):
+        raise ConfigError(f"'learner.autocast' is {cfg.learner.autocast!r}; choose bfloat16 or null")
+    if cfg.learner.autocast and cfg.model.dtype != "float32":
+        raise ConfigError(f"'learner.autocast' needs model.dtype float32 (the master weights), got {cfg.model.dtype}")
+    if cfg.learner.cpu_threads is not None and cfg.learner.cpu_threads < 1:
+        raise ConfigError(f"'learner.cpu_threads' must be >= 1 or null, got {cfg.learner.cpu_threads}")
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"'learner.zero_stage' must be 0-3, got {cfg.learner.zero_stage}")
     if cfg.rollout.group_size < 2 and cfg.algo.advantage in ("grpo", "rloo"):

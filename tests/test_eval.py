@@ -250,7 +250,7 @@ def test_eval_smollm2_on_math500_and_gsm8k_end_to_end_and_resume(ray_cluster, ca
 
     overrides = [f"paths.cache_dir={cache_dir}", "rollout.engine.backend=hf", "logging.progress=false",
                  "eval.n=2", "eval.max_new_tokens=24", "eval.bootstrap_resamples=200"]
-    cfg = load_config(CONF / "local.yaml", overrides)
+    cfg = load_config(CONF / "math_local.yaml", overrides)
     out = tmp_path / "eval"
     # first through a rollout pool that outlives the eval (the in-training eval's way) ...
     pool = WorkerPool("rollout", lambda i: (RolloutWorker.options(num_cpus=0.5).remote(cfg, i), None), 1)
@@ -284,11 +284,11 @@ def test_eval_smollm2_on_math500_and_gsm8k_end_to_end_and_resume(ray_cluster, ca
     path = out / "completions" / "gsm8k.jsonl"
     kept = _lines(path)[:2]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"id": "cut off')
-    assert main(["eval", "--config", str(CONF / "local.yaml"), "--model", student_path, "--benchmarks", "gsm8k",
+    assert main(["eval", "--config", str(CONF / "math_local.yaml"), "--model", student_path, "--benchmarks", "gsm8k",
                  "--n", "2", "--max-new-tokens", "24", "--limit", "3", "--output", str(out), *overrides]) == 0
     again = _lines(path)
     assert again[:2] == kept and len(again) == 3
     assert set(json.loads((out / "results.json").read_text())["benchmarks"]) == {"math500", "gsm8k"}
 
     with pytest.raises(EvalError, match=r"n: 2 there, 4 now"):
-        run_eval(load_config(CONF / "local.yaml", overrides + ["eval.n=4"]), student_path, ["gsm8k"], out, limit=3)
+        run_eval(load_config(CONF / "math_local.yaml", overrides + ["eval.n=4"]), student_path, ["gsm8k"], out, limit=3)

@@ -80,7 +80,7 @@ def test_ray_job_submit_trains(ray_head, tiny_model_path, cache_dir, tmp_path):
            "rlkd", "train", "--config", "conf/local.yaml", f"model.student={tiny_model_path}",
            f"model.gsrm={tiny_model_path}", f"paths.run_dir={run_dir}", f"paths.cache_dir={cache_dir}",
            "trainer.total_steps=1", "data.train.limit=8", "rollout.max_new_tokens=16",
-           "reward.decompose_max_new_tokens=16", "logging.progress=false"]
+           "reward.decompose_max_new_tokens=16", "trainer.eval_every=0", "logging.progress=false"]
     for _ in range(12):  # the head's job agent starts a little after its HTTP server (bounded wait)
         out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
         if "No available agent to submit job" not in out.stdout + out.stderr:

@@ -19,8 +19,9 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def run_cfg(run_dir, cache_dir, *overrides, backend="hf"):
-    """conf/local.yaml, small; the transformers engine unless `backend="vllm"` (local.yaml's own)."""
-    return load_config(CONF / "local.yaml", [
+    """conf/math_local.yaml (MATH, generative GSRM), small; the transformers engine unless
+    `backend="vllm"` (its own)."""
+    return load_config(CONF / "math_local.yaml", [
         f"paths.run_dir={run_dir}", f"paths.cache_dir={cache_dir}", "logging.progress=false",
         "logging.tensorboard=true", "data.train.limit=16", f"rollout.engine.backend={backend}",
         f"reward.engine.backend={backend}", "trainer.prompts_per_step=2", "rollout.group_size=4",
@@ -74,7 +75,7 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
     common = (f"model.gsrm={tiny_model_path}", "trainer.save_every=2", "trainer.eval_every=2",
               "trainer.eval_limit=2", "eval.n=2", "eval.max_new_tokens=16",
               "reward.custom=[{name: length, fn: 'custom_rewards:length_bonus', weight: 1.0}]")
-    backend = "vllm" if has_vllm() else "hf"  # conf/local.yaml's default engine, where installed
+    backend = "vllm" if has_vllm() else "hf"  # conf/math_local.yaml's default engine, where installed
     cfg = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=2", *common, backend=backend)
     with Trainer(cfg) as trainer:
         summary = trainer.run()
@@ -243,7 +244,7 @@ def test_async_staleness_and_scaling_a_running_job(ray_cluster, cache_dir, tiny_
         address = ray.get_runtime_context().gcs_address
         os.environ["RAY_ADDRESS"] = address
         try:
-            main(["scale", "--config", str(CONF / "local.yaml"), f"paths.run_dir={run_dir}",
+            main(["scale", "--config", str(CONF / "math_local.yaml"), f"paths.run_dir={run_dir}",
                   "reward.num_workers=2"])
         finally:
             del os.environ["RAY_ADDRESS"]

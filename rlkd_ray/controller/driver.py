@@ -103,6 +103,8 @@ class Trainer:
             self.resume()
         next_group = self.step * cfg.trainer.prompts_per_step
         self.progress = StepProgress(cfg.trainer.total_steps, self.step, enabled=cfg.logging.progress)
+        if cfg.trainer.eval_at_start and cfg.trainer.eval_every and self.step == 0:
+            self.evaluate()  # the initial weights, logged at step 0
         self.step_started = time.perf_counter()
         self.last: Dict[str, float] = {}
         while self.step < cfg.trainer.total_steps:

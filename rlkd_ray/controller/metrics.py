@@ -77,6 +77,8 @@ def batch_metrics(groups: List[PromptGroup], learner_version: int) -> Dict[str, 
     out["accuracy"] = out.get("reward/accuracy", math.nan)
     # groups whose samples all got the same total: zero advantages, no learning signal
     out["batch/zero_signal_groups"] = mean(len({s.total for s in g.samples}) == 1 for g in groups)
+    if "structure" in samples[0].rewards:  # groups whose samples the structure reward tells apart
+        out["structure/varying_groups"] = mean(len({s.rewards["structure"] for s in g.samples}) > 1 for g in groups)
     out["response_length"] = mean(len(s.token_ids) for s in samples)
     out["truncated_fraction"] = mean(s.finish_reason == "length" for s in samples)
     structures = [s.structure for s in samples if s.structure]

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from rlkd_ray.assets import resolve_model
-from rlkd_ray.config import ConfigError, RLKDConfig
+from rlkd_ray.config import ConfigError, PromptExample, RLKDConfig
 from rlkd_ray.controller.samples import Problem, PromptGroup
 from rlkd_ray.data import load_split, prepare_data
 from rlkd_ray.data.structure_control import shuffled_structures
@@ -30,9 +30,12 @@ def group_seed(seed: int, step: int, slot: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def chat_messages(system_prompt: str, problem: str) -> List[dict]:
+def chat_messages(system_prompt: str, problem: str, examples: Sequence[PromptExample] = ()) -> List[dict]:
+    """The system prompt, each worked example as a user turn and an assistant turn, then the problem."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return system + [{"role": "user", "content": problem}]
+    shots = [{"role": role, "content": text} for e in examples
+             for role, text in (("user", e.problem), ("assistant", e.solution))]
+    return system + shots + [{"role": "user", "content": problem}]
 
 
 # Packaged chat templates (`rollout.chat_template: <name>`).
@@ -98,8 +101,8 @@ class PromptSource:
         for row in tqdm(dataset, desc="tokenising prompts", disable=not cfg.logging.progress):
             problem = Problem.from_row(row)
             try:
-                ids = build_prompt_ids(self.tokenizer, chat_messages(cfg.rollout.system_prompt, problem.problem),
-                                       cfg.rollout.max_prompt_tokens)
+                messages = chat_messages(cfg.rollout.system_prompt, problem.problem, cfg.rollout.examples)
+                ids = build_prompt_ids(self.tokenizer, messages, cfg.rollout.max_prompt_tokens)
             except PromptTooLong:
                 too_long += 1
                 continue

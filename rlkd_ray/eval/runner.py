@@ -22,7 +22,7 @@ from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from rlkd_ray.assets import resolve_model
-from rlkd_ray.config import RLKDConfig
+from rlkd_ray.config import PromptExample, RLKDConfig
 from rlkd_ray.controller.placement import start_engine_actor
 from rlkd_ray.controller.pools import WorkerPool
 from rlkd_ray.controller.prompt_source import chat_messages, student_tokenizer
@@ -46,6 +46,7 @@ class EvalSettings:
     max_new_tokens: int
     max_prompt_tokens: int
     system_prompt: str
+    examples: List[List[str]]  # worked examples as [problem, solution] chat turns
     seed: int
 
 
@@ -57,7 +58,8 @@ def eval_settings(cfg: RLKDConfig, model: str) -> EvalSettings:
     e, r = cfg.eval, cfg.rollout
     return EvalSettings(model=model, n=e.n, temperature=e.temperature, top_p=e.top_p, top_k=r.top_k,
                         max_new_tokens=e.max_new_tokens or r.max_new_tokens, max_prompt_tokens=r.max_prompt_tokens,
-                        system_prompt=r.system_prompt, seed=cfg.trainer.seed)
+                        system_prompt=r.system_prompt,
+                        examples=[[x.problem, x.solution] for x in r.examples], seed=cfg.trainer.seed)
 
 
 def eval_config(cfg: RLKDConfig, model: str) -> RLKDConfig:
@@ -142,13 +144,15 @@ def evaluate_benchmark(pool: WorkerPool, bench: Benchmark, tokenizer, cfg: RLKDC
     if prompt_limit < 1:
         raise EvalError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in "
                         f"rollout.engine.max_model_len={cfg.rollout.engine.max_model_len}")
+    examples = [PromptExample(*x) for x in settings.examples]
     todo: Chunk = []
     too_long = 0
     for p in bench.problems:
         if p.id in done:
             continue
         try:
-            todo.append((p, build_prompt_ids(tokenizer, chat_messages(settings.system_prompt, p.problem), prompt_limit)))
+            messages = chat_messages(settings.system_prompt, p.problem, examples)
+            todo.append((p, build_prompt_ids(tokenizer, messages, prompt_limit)))
         except PromptTooLong:
             too_long += 1
     per_call = max(1, cfg.rollout.engine.batch_size // settings.n)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
@@ -34,6 +34,12 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if not with_entropy:
         return logp, None
     return logp, torch.nn.functional.pad(entropy_from_logits(logits), (1, 0))
+
+
+def learner_autocast(dtype: Optional[str]):
+    """`torch.autocast` on CPU at `dtype` (bfloat16), or a no-op context for None. The weights, the
+    optimizer and the log-softmax over the logits stay float32."""
+    return torch.autocast("cpu", dtype=DTYPES[dtype], enabled=True) if dtype else nullcontext()
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):
@@ -183,12 +189,18 @@ class PolicyLearner:
         mbs = list(micro_batches(shard(batch, self.rank, self.world_size), self.cfg.learner.micro_batch_size))
         pre_step_norm = math.nan
         for i, mb in enumerate(mbs):
-            self.engine.backward(micro_loss(_to(mb, self.device)) * scale)
+            with self.autocast():
+                loss = micro_loss(_to(mb, self.device))
+            self.engine.backward(loss * scale)
             if i == len(mbs) - 1:  # gradients are now all-reduced: the norm before clipping
                 pre_step_norm = self._grad_norm()
             self.engine.step()
         norm = self.engine.get_global_grad_norm()  # set by DeepSpeed's ZeRO / mixed-precision optimizers
         return float(norm if norm is not None else pre_step_norm)
+
+    def autocast(self):
+        """The forward passes' compute dtype: bfloat16 autocast on CPU with `learner.autocast`."""
+        return learner_autocast(self.cfg.learner.autocast if self.device.type == "cpu" else None)
 
     def _grad_norm(self) -> float:
         """Global L2 norm of the full gradients (plain fp32 stage 0, where DeepSpeed keeps no norm);

@@ -2,6 +2,11 @@
 teacher's structure (all judge comparisons of the group in one batched, greedy call, read from the
 log-probs of "yes" and "no"), the rule rewards, and the weighted total.
 
+`reward.gsrm_backend: rule` puts the rule decomposer and the exact judge (rlkd_ray/gsrm/rule.py,
+exact_judge.py), the exact stand-in for the generative GSRM and judge in domains whose steps can be
+checked, in place of the two models; the scoring (prefix gating, x0.5 penalties) is the same. With
+`reward.weights.structure` 0 no path is decomposed or judged: the scorer needs no engine.
+
 `actors/reward.py` holds one `GroupScorer`; it runs the same in a test without Ray.
 """
 
@@ -20,8 +25,10 @@ from rlkd_ray.gsrm import (
     Structure,
     build_decompose_messages,
     build_judge_messages,
+    exact_judge,
     judge_requests,
     parse_structure,
+    rule,
     score_from_verdicts,
     verdict_from_logprobs,
 )
@@ -50,8 +57,22 @@ def _logsumexp(xs: List[float]) -> float:
     return m if m == -math.inf else m + math.log(sum(math.exp(x - m) for x in xs))
 
 
+def scores_structure(cfg: RewardConfig) -> bool:
+    """Whether samples get the `structure` component: when it is weighted, and always with the rule
+    backend (free to compute; with weight 0 it is a diagnostic of the outcome-only baseline)."""
+    return cfg.weights.structure != 0 or cfg.gsrm_backend == "rule"
+
+
+def needs_models(cfg: RewardConfig) -> bool:
+    """Whether scoring calls a GSRM and a judge model: the generative backend with a weighted structure."""
+    return cfg.gsrm_backend == "generative" and cfg.weights.structure != 0
+
+
 class GroupScorer:
-    def __init__(self, cfg: RewardConfig, gsrm: Engine, judge: Engine, gsrm_tokenizer, judge_tokenizer):
+    """`gsrm` / `judge` (engines) and their tokenizers are used only when `needs_models(cfg)`."""
+
+    def __init__(self, cfg: RewardConfig, gsrm: Optional[Engine] = None, judge: Optional[Engine] = None,
+                 gsrm_tokenizer=None, judge_tokenizer=None):
         self.cfg = cfg
         self.gsrm, self.judge = gsrm, judge
         self.gsrm_tok, self.judge_tok = gsrm_tokenizer, judge_tokenizer
@@ -61,7 +82,12 @@ class GroupScorer:
     # -- GSRM ----------------------------------------------------------------------------------
     def decompose(self, problem: str, reasonings: List[str]) -> List[Structure]:
         """One greedy GSRM call for all paths; a path without reasoning, or whose prompt is over the
-        context limit, gets no steps without a call."""
+        context limit, gets no steps without a call. The rule backend reads the operations of each path
+        instead (no model)."""
+        if self.cfg.gsrm_backend == "rule":
+            return rule.decompose_many(problem, reasonings)
+        if self.gsrm is None:
+            raise RuntimeError("no GSRM engine was loaded (reward.weights.structure is 0); set it to decompose")
         prompts, slots = [], []
         structures: List[Structure] = [Structure([], None, []) for _ in reasonings]
         limit = self.gsrm_limit()
@@ -98,6 +124,8 @@ class GroupScorer:
         `judge_min_prob` (the judge would have answered something else)."""
         if not requests:
             return []
+        if self.cfg.gsrm_backend == "rule":
+            return exact_judge.exact_verdicts(requests)
         prompts = [build_prompt_ids(self.judge_tok, build_judge_messages(r.kind, r.teacher_text, r.student_text),
                                     self.cfg.engine.max_model_len - 1) for r in requests]
         rows = self.judge.score_choices(prompts, YES + NO)
@@ -112,37 +140,46 @@ class GroupScorer:
     def score(self, group: PromptGroup) -> PromptGroup:
         start = time.perf_counter()
         problem = group.problem
+        counters = {"judge_non_answers": 0, "student_parse_failures": 0, "teacher_parse_failures": 0,
+                    "unscorable_accuracy": 0}
+        for sample in group.samples:  # format and tags on the text as the model sees it: forced prefix + completion
+            sample.rewards = self.rules.components(
+                {"completion": group.completion_prefix + sample.text, "answer": problem.answer, "problem": problem.problem,
+                 "teacher_reasoning": problem.teacher_reasoning})
+            counters["unscorable_accuracy"] += sample.rewards["accuracy"] is None
+        if scores_structure(self.cfg):  # the generative outcome-only baseline decomposes and judges nothing
+            self.score_structure(group, counters)
+        for sample in group.samples:
+            sample.total = self.rules.total(sample.rewards)
+        group.counters.update(counters)
+        group.timings["reward"] = time.perf_counter() - start
+        return group
+
+    def score_structure(self, group: PromptGroup, counters: Dict[str, int]) -> None:
+        """The `structure` component and record of every sample: one decomposition call for the group's
+        paths, one judge call for all their comparisons."""
+        problem = group.problem
         teacher = self.teacher_structure(problem)
         # the text as the model sees it: what the chat template forced into the answer + the completion
         texts = [group.completion_prefix + s.text for s in group.samples]
         students = self.decompose(problem.problem, [think_text(t) for t in texts])
         per_sample = [judge_requests(teacher, st) for st in students]
         flat = self.verdicts([r for reqs in per_sample for r in reqs])
-        counters = {"judge_non_answers": 0, "unscorable_accuracy": 0, "student_parse_failures": 0,
-                    "student_too_long": 0, "student_empty_paths": 0}
+        counters.update(student_too_long=0, student_empty_paths=0)
         pos = 0
-        for sample, text, student, reqs in zip(group.samples, texts, students, per_sample):
+        for sample, student, reqs in zip(group.samples, students, per_sample):
             verdicts, pos = flat[pos: pos + len(reqs)], pos + len(reqs)
             score = score_from_verdicts(teacher, student, reqs, verdicts, self.cfg.normalize_structure)
-            components = self.rules.components(
-                {"completion": text, "answer": problem.answer, "problem": problem.problem,
-                 "teacher_reasoning": problem.teacher_reasoning})
-            components["structure"] = score.total
-            sample.rewards = components
-            sample.total = self.rules.total(components)
+            sample.rewards["structure"] = score.total
             sample.structure = asdict(score) | {
                 "student_steps_parsed": [asdict(s) for s in student.steps],
                 "teacher_steps_parsed": [asdict(s) for s in teacher.steps],
                 "student_parse_errors": student.errors[:5],
             }
             counters["judge_non_answers"] += score.judge_non_answers
-            counters["unscorable_accuracy"] += components["accuracy"] is None
             if not student.steps:
                 counters[{"empty": "student_empty_paths", "too_long": "student_too_long",
                           "parse": "student_parse_failures"}[no_steps_reason(student)]] += 1
         teacher_failure = no_steps_reason(teacher) if not teacher.steps else None
         counters["teacher_too_long"] = int(teacher_failure == "too_long")
         counters["teacher_parse_failures"] = int(teacher_failure in ("empty", "parse"))
-        group.counters.update(counters)
-        group.timings["reward"] = time.perf_counter() - start
-        return group
