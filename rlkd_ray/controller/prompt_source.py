@@ -17,7 +17,7 @@ from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import RLKDConfig
 from rlkd_ray.controller.samples import Problem, PromptGroup
 from rlkd_ray.data import load_split, prepare_data
-from rlkd_ray.engines.base import PromptTooLong, build_prompt_ids
+from rlkd_ray.engines.base import PromptTooLong, build_prompt_ids, pad_token_id
 
 
 def group_seed(seed: int, step: int, slot: int) -> int:
@@ -37,9 +37,7 @@ class PromptSource:
 
         self.cfg = cfg
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.student, cfg.paths.cache_dir))
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
         prepare_data(cfg.data, cfg.paths.cache_dir)
         dataset = load_split(cfg.paths.cache_dir, cfg.data.name, "train")
         self.problems: List[Problem] = []
