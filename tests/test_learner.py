@@ -75,10 +75,10 @@ def learner_cfg(model_path, world_size, zero_stage=0):
 def one_step(cfg, batch):
     import ray
 
-    from actors.learner import Learner
+    from actors.learner import LearnerWorker
     from rlkd_ray.controller.pools import LearnerGroup
 
-    group = LearnerGroup(Learner, cfg)
+    group = LearnerGroup(LearnerWorker, cfg)
     try:
         metrics = group.reduce_metrics(ray.get(group.train_step(batch)))
         weights = ray.get(group.publish_weights()[0])
