@@ -187,7 +187,7 @@ class Driver:
                 case Rollout() as event:
                     self.on_rollout(ref, event)
                 case Scoring() as event:
-                    self.on_scored(ref, event)
+                    self.on_reward(ref, event)
 
     def apply_control(self) -> None:
         """Resize the pools to what `rlkd scale` last asked for (checked every few seconds, never
@@ -229,7 +229,7 @@ class Driver:
             self.rollout_resent += 1
             self.send_rollout(event.group)
             return
-        self.send_to_reward(event.group, event.result)
+        self.send_reward(event.group, event.result)
 
     def replace_rollout_worker(self, wid: int) -> None:
         new = self.rollouts.replace(wid)
@@ -245,11 +245,11 @@ class Driver:
         for ref, member in self.channel.admit(wid, self.synced):
             self.loads[ref] = WeightLoad(self.synced, member)
 
-    def send_to_reward(self, group: PromptGroup, result: ray.ObjectRef) -> None:
+    def send_reward(self, group: PromptGroup, result: ray.ObjectRef) -> None:
         ref, wid = self.rewards.submit("score", result)
         self.calls[ref] = Scoring(group, result, wid)
 
-    def on_scored(self, ref: ray.ObjectRef, event: Scoring) -> None:
+    def on_reward(self, ref: ray.ObjectRef, event: Scoring) -> None:
         self.rewards.done(ref)
         try:
             group: PromptGroup = ray.get(ref)
@@ -257,7 +257,7 @@ class Driver:
             raise_if_startup_failure(e, "reward")
             self.rewards.replace(event.wid)
             self.reward_resent += 1
-            self.send_to_reward(event.group, event.result)
+            self.send_reward(event.group, event.result)
             return
         self.batcher.add(group)
 
