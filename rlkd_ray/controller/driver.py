@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Set, Union
 
 import ray
 import torch
@@ -123,7 +123,7 @@ class Driver:
         self.step = 0  # optimizer steps done
         self.version = 0  # policy version of the learner's weights (= steps done)
         self.synced = 0  # newest version whose load was sent to every rollout worker
-        self.failed_syncs: set = set()  # versions whose sync lost a rollout worker part-way
+        self.failed_syncs: Set[int] = set()  # versions whose sync lost a rollout worker part-way
         self.calls: Dict[ray.ObjectRef, Union[Rollout, Scoring]] = {}
         self.training: Optional[TrainStep] = None
         self.loads: Dict[ray.ObjectRef, WeightLoad] = {}
