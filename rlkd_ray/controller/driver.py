@@ -97,7 +97,7 @@ class Driver:
     """`with Driver(cfg) as d: summary = d.run()`; leaving the block shuts every actor down.
     `workers` and `source` default to the real actor classes and the configured training data."""
 
-    def __init__(self, cfg: RLKDConfig, workers: Optional[WorkerClasses] = None,
+    def __init__(self, cfg: RLKDConfig, *, workers: Optional[WorkerClasses] = None,
                  source: Optional[PromptSource] = None):
         from actors.control import Control, control_name
 
@@ -181,7 +181,7 @@ class Driver:
         if ref in self.loads:
             self.on_load(ref, self.loads.pop(ref))
         elif self.training is not None and ref == self.training.refs[0]:
-            self.on_train(self.take_training())
+            self.finish_training()
         else:
             match self.calls.pop(ref):
                 case Rollout() as event:
@@ -240,8 +240,7 @@ class Driver:
         """A new rollout worker loads the current weights before it generates (actor call order).
         The learner must hold them: a train step in flight is finished first (its sync then reaches
         the newcomer)."""
-        if self.training is not None:
-            self.on_train(self.take_training())
+        self.finish_training()
         for ref, member in self.channel.admit(wid, self.synced):
             self.loads[ref] = WeightLoad(self.synced, member)
 
@@ -274,9 +273,11 @@ class Driver:
         batch = build_batch(groups, pad_id=self.source.pad_id)
         self.training = TrainStep(self.learner.train_step(batch), groups, time.perf_counter())
 
-    def take_training(self) -> TrainStep:
-        step, self.training = self.training, None
-        return step
+    def finish_training(self) -> None:
+        """Wait for the train step in flight, if any, and apply it."""
+        if self.training is not None:
+            event, self.training = self.training, None
+            self.on_train(event)
 
     def on_train(self, event: TrainStep) -> None:
         learner_metrics = self.learner.reduce_metrics(ray.get(event.refs))
