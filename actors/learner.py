@@ -1,4 +1,5 @@
-"""Learner: one Ray actor per data-parallel rank, all ranks one torch.distributed world."""
+"""LearnerWorker: one Ray actor per data-parallel rank, holding that rank's `DeepSpeedPolicy`; the
+ranks form one torch.distributed world and the driver holds them as one `LearnerGroup`."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from rlkd_ray.controller.batching import TrainBatch
 
 
 @ray.remote
-class Learner:
+class LearnerWorker:
     def __init__(self, cfg: RLKDConfig, rank: int):
         set_threads(cfg.learner.num_cpus, cfg.learner.cpu_threads)
         self.cfg, self.rank = cfg, rank
-        self.learner = None
+        self.policy = None
         self.sync_group = None  # rank 0's member of the broadcast weight-sync group
 
     def address(self) -> tuple:
@@ -29,24 +30,24 @@ class Learner:
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def setup(self, master_addr: str, master_port: int) -> None:
-        from rlkd_ray.learner.policy import PolicyLearner
+        from rlkd_ray.learner.policy import DeepSpeedPolicy
 
         os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.cfg.learner.world_size),
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         cache = self.cfg.paths.cache_dir
         student = resolve_model(self.cfg.model.student, cache)
         reference = resolve_model(self.cfg.model.reference, cache) if self.cfg.model.reference else None
-        self.learner = PolicyLearner(self.cfg, student, reference)
+        self.policy = DeepSpeedPolicy(self.cfg, student, reference)
 
     def train_step(self, batch: TrainBatch) -> Dict[str, float]:
-        return self.learner.train_step(batch)
+        return self.policy.train_step(batch)
 
     def sft_step(self, batch: TrainBatch) -> Dict[str, float]:
-        return self.learner.sft_step(batch)
+        return self.policy.sft_step(batch)
 
     def publish_weights(self) -> Optional[List[ray.ObjectRef]]:
         """Rank 0 puts the full state dict into the object store once and returns [its reference]."""
-        weights = self.learner.gather_weights()
+        weights = self.policy.gather_weights()
         return None if weights is None else [ray.put(weights)]
 
     def join_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
@@ -54,20 +55,24 @@ class Learner:
         from rlkd_ray.weight_sync.protocol import SyncGroup
 
         if self.rank == 0:
-            self.sync_group = SyncGroup(host, port, 0, world_size, self.learner.device, timeout_s)
+            self.sync_group = SyncGroup(host, port, 0, world_size, self.policy.device, timeout_s)
 
     def broadcast_weights(self, version: int) -> Optional[float]:
         """Collective over the learner ranks (ZeRO-3 gather); rank 0 sends, the engines receive."""
         bucket_bytes = self.cfg.cluster.bucket_mb * 2**20
-        return self.learner.broadcast_weights(self.sync_group, version, bucket_bytes)
+        return self.policy.broadcast_weights(self.sync_group, version, bucket_bytes)
 
     def leave_weight_sync(self) -> None:
         group, self.sync_group = self.sync_group, None
         if group is not None:
             group.close()
 
+    def close(self) -> None:
+        """Before the actor is killed: leave the weight-sync group."""
+        self.leave_weight_sync()
+
     def save(self, ckpt_dir: str, client_state: dict) -> None:
-        self.learner.save(ckpt_dir, client_state)
+        self.policy.save(ckpt_dir, client_state)
 
     def load(self, ckpt_dir: str) -> dict:
-        return self.learner.load(ckpt_dir)
+        return self.policy.load(ckpt_dir)

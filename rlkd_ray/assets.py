@@ -195,11 +195,6 @@ def resolve_model(name_or_path: str, cache_dir: str | Path = DEFAULT_CACHE_DIR) 
     return name_or_path
 
 
-def prepare_assets(cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Dict[str, Path]:
-    """Materialise every packaged model; returns name → folder."""
-    return {name: materialise_gguf(name, asset, cache_dir) for name, asset in PACKAGED_MODELS.items()}
-
-
 def load_packaged_gguf(name: str) -> Tuple[object, object]:
     """(model, tokenizer) straight from a packaged GGUF file (slow: dequantises on every call)."""
     return _load_gguf(PACKAGED_MODELS[name].source_path())

@@ -47,11 +47,11 @@ def cmd_prepare_data(cfg: RLKDConfig, args) -> None:
 
 
 def cmd_train(cfg: RLKDConfig, args) -> None:
-    from rlkd_ray.controller.driver import Trainer
+    from rlkd_ray.controller.driver import Driver
 
     t0 = time.perf_counter()
-    with ray_session(cfg), Trainer(cfg) as trainer:
-        summary = trainer.run()
+    with ray_session(cfg), Driver(cfg) as driver:
+        summary = driver.run()
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=1))
     print(training_summary(summary["run_dir"], cfg.eval.confidence))

@@ -451,8 +451,10 @@ def _yaml_chain(path: Path) -> List[Path]:
         chain.insert(0, parent_path)
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # of `model.dtype`: torch dtype names
+
 _CHOICES = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.dtype": DTYPES,
     "rollout.engine.backend": ("hf", "vllm"),
     "reward.engine.backend": ("hf", "vllm"),
     "algo.advantage": ("grpo", "dr_grpo", "rloo"),

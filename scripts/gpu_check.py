@@ -7,7 +7,7 @@
 2. the DeepSpeed learner (one rank, NCCL, bf16): a few GRPO steps on a batch the engine generated;
 3. weights learner -> engine: gather_weights -> load_weights (the object-store path), and the NCCL
    path's pieces: buckets packed and unpacked on CUDA, then a one-rank NCCL `SyncGroup` send, also
-   through `PolicyLearner.broadcast_weights` (two NCCL ranks cannot share one GPU: the receiving end
+   through `DeepSpeedPolicy.broadcast_weights` (two NCCL ranks cannot share one GPU: the receiving end
    is tested on CPU over gloo).
 
 The student is SmolLM2-135M built from its config (no weights file needed) with random weights.
@@ -153,7 +153,7 @@ def learner_checks(path: str, steps: int, ctx: Dict[str, object]) -> None:
     from rlkd_ray.controller.samples import Problem, PromptGroup, Sample
 
     def start():
-        from rlkd_ray.learner.policy import PolicyLearner
+        from rlkd_ray.learner.policy import DeepSpeedPolicy
 
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
@@ -162,7 +162,7 @@ def learner_checks(path: str, steps: int, ctx: Dict[str, object]) -> None:
             "learner.micro_batch_size=4", "trainer.prompts_per_step=2", "rollout.group_size=4",
             "rollout.temperature=0.7", "algo.kl_beta=0.04", "learner.optim.lr=1e-4",
             "learner.optim.warmup_ratio=0", f"trainer.total_steps={steps}"])
-        learner = PolicyLearner(cfg, path)
+        learner = DeepSpeedPolicy(cfg, path)
         ctx["learner"] = learner  # the next checks run even if the assertion below fails
         backend = torch.distributed.get_backend()
         dtype = next(learner.engine.module.parameters()).dtype
@@ -213,7 +213,7 @@ def learner_checks(path: str, steps: int, ctx: Dict[str, object]) -> None:
         assert moved > 0, "the parameters did not move"
         return "; ".join(lines) + f"; max |delta embed| {moved:.2e}"
 
-    check(f"learner: PolicyLearner (DeepSpeed, bf16) on {DEVICE.type}", start)
+    check(f"learner: DeepSpeedPolicy (DeepSpeed, bf16) on {DEVICE.type}", start)
     check("learner: GRPO batch from the engine's samples", batch)
     if "learner" in ctx and "batch" in ctx:
         check(f"learner: {steps} GRPO steps", train)
@@ -278,7 +278,7 @@ def weight_checks(ctx: Dict[str, object]) -> None:
             group.close()
         return (f"version {stats.version}: {stats.tensors} tensors, {stats.buckets} buckets, "
                 f"{stats.bytes / 2**20:.0f} MiB in {stats.seconds * 1e3:.1f} ms (header, verdict, buckets); "
-                f"PolicyLearner.broadcast_weights (version 5): {seconds * 1e3:.1f} ms")
+                f"DeepSpeedPolicy.broadcast_weights (version 5): {seconds * 1e3:.1f} ms")
 
     if learner is None or engine is None:
         print("FAIL weights: skipped, the learner or the engine did not start", flush=True)

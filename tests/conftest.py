@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import pytest
 
-import pytest  # noqa: E402
+from rlkd_ray.ray_session import LOCAL_RAY_ENV
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+for key, value in LOCAL_RAY_ENV.items():
+    os.environ.setdefault(key, value)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 CACHE_DIR = os.path.expanduser(os.environ.get("RLKD_TEST_CACHE", "~/.cache/rlkd"))
@@ -55,7 +56,6 @@ def ray_cluster():
     pythonpath = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p)
     # 2 declared GPUs (none real) let placement groups of tensor-parallel engines be reserved.
     ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-                                       "RAY_AUTH_MODE": "disabled", "PYTHONPATH": pythonpath}})
+             runtime_env={"env_vars": {**LOCAL_RAY_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}})
     yield ray
     ray.shutdown()

@@ -245,7 +245,7 @@ def test_eval_smollm2_on_math500_and_gsm8k_end_to_end_and_resume(ray_cluster, ca
     from actors.rollout import RolloutWorker
     from rlkd_ray.cli import main
     from rlkd_ray.config import load_config
-    from rlkd_ray.controller.pools import WorkerPool
+    from rlkd_ray.controller.pools import ActorPool
     from rlkd_ray.eval.runner import EvalError, run_eval
 
     overrides = [f"paths.cache_dir={cache_dir}", "rollout.engine.backend=hf", "logging.progress=false",
@@ -253,10 +253,10 @@ def test_eval_smollm2_on_math500_and_gsm8k_end_to_end_and_resume(ray_cluster, ca
     cfg = load_config(CONF / "math_local.yaml", overrides)
     out = tmp_path / "eval"
     # first through a rollout pool that outlives the eval (the in-training eval's way) ...
-    pool = WorkerPool("rollout", lambda i: (RolloutWorker.options(num_cpus=0.5).remote(cfg, i), None), 1)
+    pool = ActorPool("rollout", lambda i: (RolloutWorker.options(num_cpus=0.5).remote(cfg, i), None), 1)
     try:
         results = run_eval(cfg, pool, ["math500", "gsm8k"], out, limit=3, label=student_path)
-        assert len(pool) == 1 and ray_cluster.get(pool.workers[0].version.remote()) == 0  # still up
+        assert len(pool) == 1 and ray_cluster.get(pool.call(0, "version")) == 0  # still up
     finally:
         pool.shutdown()
 

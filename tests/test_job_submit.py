@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from rlkd_ray.ray_session import LOCAL_RAY_ENV
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,8 +46,7 @@ def wait_http(url: str, timeout: float) -> None:
 @pytest.fixture
 def ray_head(tmp_path):
     bin_dir = str(Path(sys.executable).parent)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled",
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1")
+    env = dict(os.environ, **LOCAL_RAY_ENV, PATH=f"{bin_dir}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
     env.pop("RAY_ADDRESS", None)
     gcs_port, dash_port = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 108 bytes

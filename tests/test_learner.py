@@ -78,7 +78,7 @@ def learner_args(model_path, world_size, zero_stage=0):
 
 @pytest.fixture
 def one_rank(monkeypatch):
-    """The environment of rank 0 of a one-rank world, for a PolicyLearner in this process."""
+    """The environment of rank 0 of a one-rank world, for a DeepSpeedPolicy in this process."""
     import socket
 
     with socket.socket() as sock:
@@ -90,9 +90,9 @@ def one_rank(monkeypatch):
 
 def step_metrics(model_path, batch, *overrides):
     from rlkd_ray.controller.pools import LearnerGroup
-    from rlkd_ray.learner.policy import PolicyLearner
+    from rlkd_ray.learner.policy import DeepSpeedPolicy
 
-    learner = PolicyLearner(load_config(None, [*learner_args(model_path, 1), *overrides]), model_path)
+    learner = DeepSpeedPolicy(load_config(None, [*learner_args(model_path, 1), *overrides]), model_path)
     return LearnerGroup.reduce_metrics([learner.train_step(batch)])
 
 
@@ -119,10 +119,10 @@ def test_ratio_is_against_the_learner_not_the_engine(one_rank, tiny_model_path):
 def one_step(cfg, batch):
     import ray
 
-    from actors.learner import Learner
+    from actors.learner import LearnerWorker
     from rlkd_ray.controller.pools import LearnerGroup
 
-    group = LearnerGroup(Learner, cfg)
+    group = LearnerGroup(LearnerWorker, cfg)
     try:
         metrics = group.reduce_metrics(ray.get(group.train_step(batch)))
         weights = ray.get(group.publish_weights()[0])

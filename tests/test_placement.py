@@ -90,7 +90,7 @@ def test_tensor_parallel_engine_reserves_its_gpus_and_releases_them(ray_cluster)
     from ray.util import placement_group_table
 
     from rlkd_ray.controller.placement import start_engine_actor
-    from rlkd_ray.controller.pools import WorkerPool
+    from rlkd_ray.controller.pools import ActorPool
 
     @ray.remote
     class EngineHolder:  # stands in for RolloutWorker (no GPU here to start vLLM on): where did Ray put it?
@@ -107,10 +107,10 @@ def test_tensor_parallel_engine_reserves_its_gpus_and_releases_them(ray_cluster)
     cfg = load_config(CONF / "local.yaml", ["rollout.engine.tensor_parallel_size=2", "rollout.num_gpus=1",
                                             "rollout.num_cpus=0.1"])
     gpus = ray.cluster_resources()["GPU"]
-    pool = WorkerPool("rollout", lambda i: start_engine_actor(EngineHolder, cfg.rollout, None, i), 1)
+    pool = ActorPool("rollout", lambda i: start_engine_actor(EngineHolder, cfg.rollout, None, i), 1)
     try:
         pg = pool.groups[0]
-        pg_id, resources = ray.get(pool.workers[0].placement.remote())
+        pg_id, resources = ray.get(pool.call(0, "placement"))
         assert pg_id == pg.id.hex()
         assert "GPU" not in resources  # the actor holds no GPU: the engine's workers take the bundles'
         assert list(placement_group_table(pg)["bundles"].values()) == [{"CPU": 0.1, "GPU": 1.0}, {"GPU": 1.0}]

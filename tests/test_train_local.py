@@ -19,7 +19,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 def test_local_config_learns_signal_and_evaluates_before_and_after(ray_cluster, cache_dir, student_path, tmp_path):
     import importlib.util
 
-    from rlkd_ray.controller.driver import Trainer
+    from rlkd_ray.controller.driver import Driver
     from rlkd_ray.report.summary import training_summary
 
     backend = "vllm" if importlib.util.find_spec("vllm") else "hf"
@@ -29,7 +29,7 @@ def test_local_config_learns_signal_and_evaluates_before_and_after(ray_cluster, 
         "trainer.save_every=2", "trainer.eval_limit=8", "trainer.prompts_per_step=4",
         "rollout.group_size=4", "data.arith.train_size=200", "data.arith.test_size=50", "data.arith.hard_size=20"])
     assert cfg.reward.gsrm_backend == "rule" and cfg.learner.autocast == "bfloat16"
-    with Trainer(cfg) as trainer:
+    with Driver(cfg) as trainer:
         summary = trainer.run()
     assert summary["steps"] == 2
 

@@ -1,16 +1,48 @@
-"""Scored groups → learner tensors (the Batcher of docs/design.md), and their split over ranks and
-micro-batches. Token positions are aligned with `input_ids`: `loss_mask[i, t] = 1` where token t of
-row i was sampled, and `behaviour_logprobs[i, t]` is its log-prob under the engine that sampled it.
+"""Scored groups → the batch of their step (`Batcher`, of docs/design.md's diagram) → learner tensors
+(`build_batch`), and their split over ranks and micro-batches. Token positions are aligned with
+`input_ids`: `loss_mask[i, t] = 1` where token t of row i was sampled, and `behaviour_logprobs[i, t]`
+is its log-prob under the engine that sampled it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Iterator, List, Sequence
+from typing import Dict, Iterator, List, Sequence
 
 import torch
 
 from rlkd_ray.controller.samples import PromptGroup
+
+
+class Batcher:
+    """Scored groups, collected into the batch of their step. A group is keyed by its uid, so one
+    that arrives twice counts once; a group of a step already taken is not added again."""
+
+    def __init__(self, prompts_per_step: int, group_size: int):
+        self.prompts_per_step, self.group_size = prompts_per_step, group_size
+        self.next_step = 0  # the step whose batch is taken next (a resumed run sets it)
+        self.steps: Dict[int, Dict[str, PromptGroup]] = {}  # step -> uid -> group
+
+    def add(self, group: PromptGroup) -> bool:
+        """True when the group is new to its step's batch."""
+        if len(group.samples) != self.group_size:
+            raise RuntimeError(f"group {group.uid}: {len(group.samples)} samples, "
+                               f"expected rollout.group_size={self.group_size}")
+        if group.step < self.next_step:
+            return False
+        batch = self.steps.setdefault(group.step, {})
+        return batch.setdefault(group.uid, group) is group
+
+    def full(self, step: int) -> bool:
+        return len(self.steps.get(step, {})) >= self.prompts_per_step
+
+    def take(self, step: int) -> List[PromptGroup]:
+        """The full batch of `step` (the next one), in uid order."""
+        if step != self.next_step or not self.full(step):
+            raise RuntimeError(f"batch of step {step} taken out of order or before it is full")
+        batch = self.steps.pop(step)
+        self.next_step += 1
+        return [batch[uid] for uid in sorted(batch)]
 
 
 @dataclass
@@ -20,7 +52,6 @@ class TrainBatch:
     loss_mask: torch.Tensor  # [N, L] 1 on completion tokens
     behaviour_logprobs: torch.Tensor  # [N, L] the engine's log-probs on completion tokens, 0 elsewhere
     advantages: torch.Tensor  # [N]
-    versions: torch.Tensor  # [N] policy version that generated each row
     num_tokens: int  # completion tokens of the whole global batch: the loss normaliser
 
     def __len__(self) -> int:
@@ -57,8 +88,7 @@ def build_batch(groups: List[PromptGroup], pad_id: int) -> TrainBatch:
     advantages = torch.tensor([s.advantage for _, s in rows], dtype=torch.float32)
     if not torch.isfinite(advantages).all():
         raise ValueError("build_batch: a sample has no finite advantage")
-    versions = torch.tensor([s.version for _, s in rows], dtype=torch.long)
-    return TrainBatch(input_ids, attention_mask, loss_mask, behaviour_logprobs, advantages, versions,
+    return TrainBatch(input_ids, attention_mask, loss_mask, behaviour_logprobs, advantages,
                       num_tokens=int(loss_mask.sum().item()))
 
 

@@ -8,15 +8,17 @@ Every remote call is an event in one `ray.wait` loop: a finished rollout goes at
 least-loaded reward worker (by reference: the driver never pulls the rollout), a scored group joins
 the batch of its step, a full batch goes to the learner, its result is published to the rollout
 workers as version v+1. `trainer.max_staleness` bounds how far rollouts may run ahead of the learner.
+
+The calls in flight are typed events, kept where the driver reads them: rollouts and scorings in
+`calls`, the train step (at most one) in `training`, the weight loads of a sync in `loads`.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Union
 
 import ray
 import torch
@@ -25,10 +27,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from rlkd_ray.algo.advantages import group_advantages
 from rlkd_ray.config import RLKDConfig, to_yaml
 from rlkd_ray.controller import checkpointing
-from rlkd_ray.controller.batching import build_batch
+from rlkd_ray.controller.batching import Batcher, build_batch
 from rlkd_ray.controller.metrics import MetricsWriter, batch_metrics
 from rlkd_ray.controller.placement import start_engine_actor
-from rlkd_ray.controller.pools import LearnerGroup, WorkerPool
+from rlkd_ray.controller.pools import ActorPool, LearnerGroup, raise_if_startup_failure
 from rlkd_ray.controller.progress import StepProgress
 from rlkd_ray.controller.prompt_source import PromptSource
 from rlkd_ray.controller.samples import PromptGroup
@@ -38,35 +40,81 @@ from rlkd_ray.weight_sync.channels import Load, make_channel
 CONTROL_POLL_S = 2.0  # how often the driver reads the pool sizes asked for by `rlkd scale`
 
 
+# -- events: one per kind of call in flight ------------------------------------------------------
 @dataclass
-class _Event:
-    kind: str  # rollout | reward | train | load
-    payload: Any = None
-    wid: Optional[int] = None
-    started: float = 0.0
+class Rollout:
+    """Prompt group `group` generating on rollout worker `wid`; `result` will hold it generated."""
+
+    group: PromptGroup
+    result: ray.ObjectRef
+    wid: int
 
 
-class Trainer:
-    """`with Trainer(cfg) as t: summary = t.run()`; leaving the block shuts every actor down."""
+@dataclass
+class Scoring:
+    """The generated group `result` (of prompt group `group`) being scored on reward worker `wid`."""
 
-    def __init__(self, cfg: RLKDConfig):
-        from actors.control import Control, control_name
-        from actors.learner import Learner
+    group: PromptGroup
+    result: ray.ObjectRef
+    wid: int
+
+
+@dataclass
+class TrainStep:
+    """The learner's step on the batch of `groups`: one reference per rank."""
+
+    refs: List[ray.ObjectRef]
+    groups: List[PromptGroup]
+    started: float
+
+
+@dataclass
+class WeightLoad:
+    """One member's part of the sync of `version`: rollout worker `wid`, or the learner's (None)."""
+
+    version: int
+    wid: Optional[int]
+
+
+@dataclass(frozen=True)
+class WorkerClasses:
+    """The Ray actor classes the driver starts; tests give stand-ins with the same methods."""
+
+    rollout: Any
+    reward: Any
+    learner: Any
+
+    @classmethod
+    def default(cls) -> "WorkerClasses":
+        from actors.learner import LearnerWorker
         from actors.reward import RewardWorker
         from actors.rollout import RolloutWorker
+
+        return cls(RolloutWorker, RewardWorker, LearnerWorker)
+
+
+class Driver:
+    """`with Driver(cfg) as d: summary = d.run()`; leaving the block shuts every actor down.
+    `workers` and `source` default to the real actor classes and the configured training data."""
+
+    def __init__(self, cfg: RLKDConfig, *, workers: Optional[WorkerClasses] = None,
+                 source: Optional[PromptSource] = None):
+        from actors.control import Control, control_name
 
         self.cfg = cfg
         self.run_dir = Path(cfg.paths.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         load_custom(cfg.reward.custom)  # fail here, before any actor starts, on a bad import path
-        self.source = PromptSource(cfg)
+        workers = workers or WorkerClasses.default()
+        self.source = source or PromptSource(cfg)
         r, w, c = cfg.rollout, cfg.reward, cfg.cluster
-        self.rollouts = WorkerPool("rollout", lambda i: start_engine_actor(RolloutWorker, r, c.rollout_node, cfg, i),
-                                   r.num_workers)
-        self.rewards = WorkerPool("reward", lambda i: start_engine_actor(RewardWorker, w, c.reward_node, cfg, i),
-                                  w.num_workers)
-        self.learner = LearnerGroup(Learner, cfg)
+        self.rollouts = ActorPool("rollout", lambda i: start_engine_actor(workers.rollout, r, c.rollout_node, cfg, i),
+                                  r.num_workers)
+        self.rewards = ActorPool("reward", lambda i: start_engine_actor(workers.reward, w, c.reward_node, cfg, i),
+                                 w.num_workers)
+        self.batcher = Batcher(cfg.trainer.prompts_per_step, r.group_size)
+        self.learner = LearnerGroup(workers.learner, cfg)
         self.channel = make_channel(cfg, self.learner, self.rollouts)  # WeightSync
         self.control = Control.options(name=control_name(str(self.run_dir.resolve()))).remote(
             {"rollout": r.num_workers, "reward": w.num_workers})
@@ -75,14 +123,16 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.version = 0  # policy version of the learner's weights (= steps done)
         self.synced = 0  # newest version whose load was sent to every rollout worker
-        self.failed_syncs: set = set()  # versions whose sync lost a rollout worker part-way
-        self.events: Dict[ray.ObjectRef, _Event] = {}
-        self.batches: Dict[int, Dict[str, PromptGroup]] = defaultdict(dict)  # step -> uid -> group
-        self.faults = {"rollout_resent": 0, "reward_resent": 0}
+        self.failed_syncs: Set[int] = set()  # versions whose sync lost a rollout worker part-way
+        self.calls: Dict[ray.ObjectRef, Union[Rollout, Scoring]] = {}
+        self.training: Optional[TrainStep] = None
+        self.loads: Dict[ray.ObjectRef, WeightLoad] = {}
+        self.rollout_resent = 0
+        self.reward_resent = 0
         self.pending_sync_time = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> "Trainer":
+    def __enter__(self) -> "Driver":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -110,34 +160,41 @@ class Trainer:
         while self.step < cfg.trainer.total_steps:
             next_group = self.dispatch_rollouts(next_group)
             self.maybe_train()
-            ready, _ = ray.wait(list(self.events), num_returns=1, timeout=CONTROL_POLL_S)
             self.apply_control()
-            if not ready:
-                continue
-            event = self.events.pop(ready[0])
-            if event.kind == "rollout":
-                self.on_rollout(ready[0], event)
-            elif event.kind == "reward":
-                self.on_reward(ready[0], event)
-            elif event.kind == "load":
-                self.on_load(ready[0], event)
-            elif event.kind == "train":
-                self.on_train(ready[0], event)
-        while any(e.kind == "load" for e in self.events.values()):
-            ref = next(r for r, e in self.events.items() if e.kind == "load")
-            self.on_load(ref, self.events.pop(ref))
+            ready, _ = ray.wait(self.in_flight(), num_returns=1, timeout=CONTROL_POLL_S)
+            if ready:
+                self.on_ready(ready[0])
+        while self.loads:
+            loads, self.loads = self.loads, {}
+            self.await_loads(loads)
         self.progress.close()
         if self.step % cfg.trainer.save_every:  # the final state, unless just saved
             self.save()
         return {"steps": self.step, "version": self.version, "run_dir": str(self.run_dir),
                 "checkpoint": str(checkpointing.latest_checkpoint(self.run_dir)), "last": self.last}
 
+    def in_flight(self) -> List[ray.ObjectRef]:
+        refs = list(self.calls) + list(self.loads)
+        if self.training is not None:
+            refs.append(self.training.refs[0])
+        return refs
+
+    def on_ready(self, ref: ray.ObjectRef) -> None:
+        if ref in self.loads:
+            self.on_load(ref, self.loads.pop(ref))
+        elif self.training is not None and ref == self.training.refs[0]:
+            self.finish_training()
+        else:
+            match self.calls.pop(ref):
+                case Rollout() as event:
+                    self.on_rollout(ref, event)
+                case Scoring() as event:
+                    self.on_reward(ref, event)
+
     def apply_control(self) -> None:
         """Resize the pools to what `rlkd scale` last asked for (checked every few seconds, never
         while a weight sync is in flight: its members are fixed)."""
-        if time.monotonic() - self.control_checked < CONTROL_POLL_S:
-            return
-        if any(e.kind == "load" for e in self.events.values()):
+        if time.monotonic() - self.control_checked < CONTROL_POLL_S or self.loads:
             return
         self.control_checked = time.monotonic()
         for name, size in ray.get(self.control.sizes.remote()).items():
@@ -161,21 +218,20 @@ class Trainer:
 
     def send_rollout(self, group: PromptGroup) -> None:
         (summary, result), wid = self.rollouts.submit("generate", group)
-        self.events[summary] = _Event("rollout", (group, result), wid, time.perf_counter())
+        self.calls[summary] = Rollout(group, result, wid)
 
-    def on_rollout(self, ref: ray.ObjectRef, event: _Event) -> None:
+    def on_rollout(self, ref: ray.ObjectRef, event: Rollout) -> None:
         """The small summary tells success; the group itself goes to a reward worker by reference."""
         self.rollouts.done(ref)
-        group, result = event.payload
         try:
             ray.get(ref)
         except RayActorError as e:
-            _raise_if_startup_failure(e, "rollout")
+            raise_if_startup_failure(e, "rollout")
             self.replace_rollout_worker(event.wid)
-            self.faults["rollout_resent"] += 1
-            self.send_rollout(group)
+            self.rollout_resent += 1
+            self.send_rollout(event.group)
             return
-        self.send_reward(group, result)
+        self.send_reward(event.group, event.result)
 
     def replace_rollout_worker(self, wid: int) -> None:
         new = self.rollouts.replace(wid)
@@ -188,54 +244,48 @@ class Trainer:
         the newcomer)."""
         self.finish_training()
         for ref, member in self.channel.admit(wid, self.synced):
-            self.events[ref] = _Event("load", self.synced, member)
-
-    def finish_training(self) -> None:
-        ref = next((r for r, e in self.events.items() if e.kind == "train"), None)
-        if ref is not None:
-            ray.wait([ref])
-            self.on_train(ref, self.events.pop(ref))
+            self.loads[ref] = WeightLoad(self.synced, member)
 
     def send_reward(self, group: PromptGroup, result: ray.ObjectRef) -> None:
         ref, wid = self.rewards.submit("score", result)
-        self.events[ref] = _Event("reward", (group, result), wid, time.perf_counter())
+        self.calls[ref] = Scoring(group, result, wid)
 
-    def on_reward(self, ref: ray.ObjectRef, event: _Event) -> None:
+    def on_reward(self, ref: ray.ObjectRef, event: Scoring) -> None:
         self.rewards.done(ref)
         try:
             group: PromptGroup = ray.get(ref)
         except RayActorError as e:  # the rollout result is still in the object store: score it again
-            _raise_if_startup_failure(e, "reward")
+            raise_if_startup_failure(e, "reward")
             self.rewards.replace(event.wid)
-            self.faults["reward_resent"] += 1
-            self.send_reward(*event.payload)
+            self.reward_resent += 1
+            self.send_reward(event.group, event.result)
             return
-        if len(group.samples) != self.cfg.rollout.group_size:
-            raise RuntimeError(f"group {group.uid}: {len(group.samples)} samples, "
-                               f"expected rollout.group_size={self.cfg.rollout.group_size}")
-        self.batches[group.step].setdefault(group.uid, group)  # a group counts once
+        self.batcher.add(group)
 
     # -- learner ---------------------------------------------------------------------------------
     def maybe_train(self) -> None:
-        P = self.cfg.trainer.prompts_per_step
-        if any(e.kind == "train" for e in self.events.values()) or len(self.batches[self.step]) < P:
+        if self.training is not None or not self.batcher.full(self.step):
             return
-        groups = [self.batches[self.step][uid] for uid in sorted(self.batches[self.step])]
+        groups = self.batcher.take(self.step)
         rewards = torch.tensor([[s.total for s in g.samples] for g in groups], dtype=torch.float32)
         advantages = group_advantages(rewards, self.cfg.algo.advantage, self.cfg.algo.std_eps)
         for g, row in zip(groups, advantages.tolist()):
             for s, a in zip(g.samples, row):
                 s.advantage = a
         batch = build_batch(groups, pad_id=self.source.pad_id)
-        refs = self.learner.train_step(batch)
-        self.events[refs[0]] = _Event("train", (refs, groups), None, time.perf_counter())
+        self.training = TrainStep(self.learner.train_step(batch), groups, time.perf_counter())
 
-    def on_train(self, ref: ray.ObjectRef, event: _Event) -> None:
-        refs, groups = event.payload
-        learner_metrics = self.learner.reduce_metrics(ray.get(refs))
+    def finish_training(self) -> None:
+        """Wait for the train step in flight, if any, and apply it."""
+        if self.training is not None:
+            event, self.training = self.training, None
+            self.on_train(event)
+
+    def on_train(self, event: TrainStep) -> None:
+        learner_metrics = self.learner.reduce_metrics(ray.get(event.refs))
         train_time = time.perf_counter() - event.started
+        groups = event.groups
         metrics = batch_metrics(groups, self.version)
-        del self.batches[self.step]
         self.step += 1
         self.version += 1
         sync_time = self.sync_weights()
@@ -247,8 +297,8 @@ class Trainer:
             "time/rollout_idle": max(0.0, wall - metrics["time/generate"] / len(self.rollouts)),
             "samples_per_s": n_samples / wall, "batch/groups": len(groups), "batch/samples": n_samples,
             "batch/unique_groups": len({g.uid for g in groups}), "version": self.version,
-            "faults/rollout_resent": self.faults["rollout_resent"],
-            "faults/reward_resent": self.faults["reward_resent"],
+            "faults/rollout_resent": self.rollout_resent,
+            "faults/reward_resent": self.reward_resent,
             "faults/workers_replaced": self.rollouts.replacements + self.rewards.replacements,
             "pool/rollout_workers": len(self.rollouts), "pool/reward_workers": len(self.rewards),
         })
@@ -281,38 +331,39 @@ class Trainer:
         loads = self.channel.publish(self.version)
         self.synced = self.version
         if self.cfg.trainer.max_staleness == 0:
-            self.await_loads(loads)
+            self.await_loads(self.weight_loads(loads))
             self.pending_sync_time = 0.0
             return time.perf_counter() - start
-        for ref, wid in loads:
-            self.events[ref] = _Event("load", self.version, wid)
+        self.loads.update(self.weight_loads(loads))
         spent, self.pending_sync_time = self.pending_sync_time, 0.0
         return time.perf_counter() - start + spent
 
-    def await_loads(self, loads: List[Load]) -> None:
+    def weight_loads(self, loads: List[Load]) -> Dict[ray.ObjectRef, WeightLoad]:
+        return {ref: WeightLoad(self.synced, wid) for ref, wid in loads}
+
+    def await_loads(self, loads: Dict[ray.ObjectRef, WeightLoad]) -> None:
         """The loads of one sync, in the order they finish (a dead worker is seen before the
         timeouts it causes in the others)."""
-        events = {ref: _Event("load", self.synced, wid) for ref, wid in loads}
-        while events:
-            (ref,), _ = ray.wait(list(events), num_returns=1)
-            self.on_load(ref, events.pop(ref))
+        while loads:
+            (ref,), _ = ray.wait(list(loads), num_returns=1)
+            self.on_load(ref, loads.pop(ref))
 
-    def on_load(self, ref: ray.ObjectRef, event: _Event) -> None:
-        """One member's part of a sync (event.wid None: the learner's). A rollout worker that died is
-        replaced and its replacement brought to the current version; the other members' parts of that
-        sync may then fail (a broadcast waits for every member), which the new sync makes good."""
+    def on_load(self, ref: ray.ObjectRef, event: WeightLoad) -> None:
+        """One member's part of a sync. A rollout worker that died is replaced and its replacement
+        brought to the current version; the other members' parts of that sync may then fail (a
+        broadcast waits for every member), which the new sync makes good."""
         try:
             seconds = ray.get(ref)
         except RayActorError as e:
             if event.wid is None:
                 raise
-            _raise_if_startup_failure(e, "rollout")
-            self.failed_syncs.add(event.payload)
+            raise_if_startup_failure(e, "rollout")
+            self.failed_syncs.add(event.version)
             self.channel.broken()
             self.replace_rollout_worker(event.wid)
             return
         except RayTaskError:
-            if event.payload in self.failed_syncs:
+            if event.version in self.failed_syncs:
                 return
             raise
         if event.wid is not None:
@@ -335,13 +386,6 @@ class Trainer:
         state = checkpointing.read_state(ckpt)
         self.learner.load(str(ckpt))
         self.step, self.version = state["step"], state["version"]
-        self.synced = self.version
-        self.await_loads(self.channel.publish(self.version))
+        self.synced, self.batcher.next_step = self.version, self.step
+        self.await_loads(self.weight_loads(self.channel.publish(self.version)))
         print(f"resume: {ckpt} (step {self.step}, policy version {self.version})")
-
-
-
-def _raise_if_startup_failure(error: RayActorError, pool: str) -> None:
-    """A worker whose constructor raised is a configuration problem, not a fault to retry."""
-    if error.actor_init_failed:
-        raise RuntimeError(f"a {pool} worker failed to start (not retried): {error}") from error

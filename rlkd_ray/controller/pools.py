@@ -1,100 +1,168 @@
-"""Driver-side handles of the actor pools: least-loaded dispatch, replacement of dead workers,
-resizing while training runs, and the learner group as one object."""
+"""Driver-side handles of groups of Ray actors: one `ActorPool` abstraction that every caller uses
+(the rollout and reward pools of training, the eval workers, the reward workers of
+`prepare-structures`, the learner ranks), and the learner ranks as one object (`LearnerGroup`).
+
+An `ActorPool` holds its members by worker id (ids are never re-used) and offers:
+
+- `submit(method, ...)`: a call to the least-loaded live member, tracked until `done(ref)`, so that
+  the calls of a member that died can be sent again;
+- `call(wid, method, ...)`, `call_all(method, ...)`: untracked calls to one member or to every member;
+- `map_unordered(method, calls)`: a list of calls through the pool, results as they finish;
+- `resize(size)`, `replace(wid)`, `shutdown()`.
+"""
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import ray
+from ray.exceptions import RayActorError
 
 from rlkd_ray.controller.batching import TrainBatch
 
+# (actor handle, its placement group or None) of worker `wid`
+MakeActor = Callable[[int], Tuple[Any, Any]]
 
-class WorkerPool:
-    """Actors of one kind. `submit` sends a call to the least-loaded live worker and remembers which
-    worker holds which in-flight reference, so a dead worker's calls can be sent again.
 
-    `make(worker_id)` starts one actor and returns (handle, its placement group or None); the group
-    (a tensor-parallel engine's GPUs) is released when the worker is closed or replaced."""
+class ActorPool:
+    """Actors of one kind. `make(worker_id)` starts one actor and returns (handle, its placement group
+    or None); the group (a tensor-parallel engine's GPUs) is released when the worker is closed or
+    replaced."""
 
-    def __init__(self, name: str, make: Callable[[int], Tuple[Any, Any]], size: int):
+    def __init__(self, name: str, make: MakeActor, size: int):
         self.name = name
         self._make = make
         self._ids = itertools.count()
-        self.workers: Dict[int, Any] = {}
+        self._members: Dict[int, Any] = {}  # worker id -> handle, in dispatch
         self.groups: Dict[int, Any] = {}  # worker id -> placement group
-        self.load: Dict[int, int] = {}
-        self.inflight: Dict[ray.ObjectRef, int] = {}
-        self.retiring: Dict[int, Any] = {}  # removed from dispatch, closed once their calls finish
+        self._load: Dict[int, int] = {}  # worker id -> tracked calls in flight
+        self._inflight: Dict[ray.ObjectRef, int] = {}  # tracked reference -> worker id
+        self._retiring: Dict[int, Any] = {}  # removed from dispatch, closed once their calls finish
         self.replacements = 0
         self.resize(size)
 
     def __len__(self) -> int:
-        return len(self.workers)
+        return len(self._members)
 
-    def _add(self) -> int:
-        wid = next(self._ids)
-        self.workers[wid], group = self._make(wid)
-        if group is not None:
-            self.groups[wid] = group
-        self.load[wid] = 0
+    def ids(self) -> List[int]:
+        return sorted(self._members)
+
+    def members(self) -> Dict[int, Any]:
+        """Worker id -> handle of every live member (a copy)."""
+        return dict(self._members)
+
+    def busy(self) -> List[int]:
+        """Ids of the live members with tracked calls in flight."""
+        return [wid for wid in self.ids() if self._load[wid]]
+
+    # -- calls -------------------------------------------------------------------------------------
+    def submit(self, method: str, *args) -> Tuple[Any, int]:
+        """(the call's reference(s), worker id) of a call to the least-loaded member (lowest id on a
+        tie). The first reference is tracked until `done`: it fails if the worker dies."""
+        wid = min(self._members, key=lambda w: (self._load[w], w))
+        refs = getattr(self._members[wid], method).remote(*args)
+        self._inflight[refs[0] if isinstance(refs, list) else refs] = wid
+        self._load[wid] += 1
+        return refs, wid
+
+    def done(self, ref: ray.ObjectRef) -> int:
+        """The worker id of a finished tracked call (a retiring worker closes after its last)."""
+        wid = self._inflight.pop(ref)
+        if wid in self._load:
+            self._load[wid] -= 1
+        self._close_if_idle(wid)
         return wid
 
+    def call(self, wid: int, method: str, *args) -> Any:
+        """An untracked call to member `wid`."""
+        return getattr(self._members[wid], method).remote(*args)
+
+    def call_all(self, method: str, *args) -> Dict[int, Any]:
+        """Worker id -> reference of one untracked call to every member, in id order."""
+        return {wid: self.call(wid, method, *args) for wid in self.ids()}
+
+    def map_unordered(self, method: str, calls: Sequence[tuple], per_worker: int = 2, replace_dead: bool = False,
+                      poll_s: Optional[float] = None) -> Iterator[Tuple[int, Any]]:
+        """(index in `calls`, result) of `method(*calls[i])` for every call, as each finishes; at most
+        `per_worker` calls queued per member. A call whose worker died is sent again to a replacement
+        with `replace_dead`; else the `RayActorError` propagates. `poll_s` bounds each wait (so that
+        Ctrl-C stops a long run)."""
+        pending = iter(enumerate(calls))
+        inflight: Dict[ray.ObjectRef, int] = {}
+        try:
+            while True:
+                while len(inflight) < per_worker * len(self):
+                    index, args = next(pending, (None, None))
+                    if index is None:
+                        break
+                    inflight[self.submit(method, *args)[0]] = index
+                if not inflight:
+                    return
+                ready: List[ray.ObjectRef] = []
+                while not ready:
+                    ready, _ = ray.wait(list(inflight), num_returns=1, timeout=poll_s)
+                index = inflight.pop(ready[0])
+                wid = self.done(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except RayActorError as e:
+                    if not replace_dead:
+                        raise
+                    raise_if_startup_failure(e, self.name)
+                    self.replace(wid)
+                    inflight[self.submit(method, *calls[index])[0]] = index
+                    continue
+                yield index, result
+        finally:
+            for ref in inflight:  # a consumer that stopped early: the pool forgets the calls it left
+                self.done(ref)
+
+    # -- membership --------------------------------------------------------------------------------
     def resize(self, size: int) -> List[int]:
         """Grow, or shrink by retiring the least-loaded workers (their queued calls still finish).
         Returns the ids of the workers added."""
         if size < 1:
             raise ValueError(f"{self.name} pool size must be >= 1, got {size}")
         added = []
-        while len(self.workers) < size:
+        while len(self._members) < size:
             added.append(self._add())
-        while len(self.workers) > size:
-            wid = min(self.workers, key=lambda w: self.load[w])
-            self.retire(wid)
+        while len(self._members) > size:
+            self._retire(min(self._members, key=lambda w: (self._load[w], w)))
         return added
 
-    def retire(self, wid: int) -> None:
-        self.retiring[wid] = self.workers.pop(wid)
-        self.load.pop(wid)
-        self._close_if_idle(wid)
-
-    def _close_if_idle(self, wid: int) -> None:
-        if wid in self.retiring and wid not in self.inflight.values():
-            _close(self.retiring.pop(wid), self.groups.pop(wid, None))
-
-    def submit(self, method: str, *args) -> Tuple[Any, int]:
-        """The call's reference(s); the first one is tracked (it fails if the worker dies)."""
-        wid = min(self.workers, key=lambda w: (self.load[w], w))
-        refs = getattr(self.workers[wid], method).remote(*args)
-        self.inflight[refs[0] if isinstance(refs, list) else refs] = wid
-        self.load[wid] += 1
-        return refs, wid
-
-    def done(self, ref: ray.ObjectRef) -> int:
-        wid = self.inflight.pop(ref)
-        if wid in self.load:
-            self.load[wid] -= 1
-        self._close_if_idle(wid)
-        return wid
-
     def replace(self, wid: int) -> Optional[int]:
-        """A new worker in place of dead `wid` (once, however many of its calls failed)."""
-        if wid not in self.workers:
+        """A new worker in place of dead `wid` (once, however many of its calls failed): its id, or
+        None when `wid` was already replaced."""
+        if wid not in self._members:
             return None
-        _close(self.workers.pop(wid), self.groups.pop(wid, None))
-        self.load.pop(wid)
+        _close(self._members.pop(wid), self.groups.pop(wid, None))
+        self._load.pop(wid)
         self.replacements += 1
         return self._add()
 
-    def call_all(self, method: str, *args) -> List[ray.ObjectRef]:
-        return [getattr(w, method).remote(*args) for w in self.workers.values()]
-
     def shutdown(self) -> None:
-        for wid, handle in list(self.workers.items()) + list(self.retiring.items()):
+        for wid, handle in list(self._members.items()) + list(self._retiring.items()):
             _close(handle, self.groups.pop(wid, None))
-        self.workers.clear()
-        self.retiring.clear()
+        self._members.clear()
+        self._retiring.clear()
+
+    def _add(self) -> int:
+        wid = next(self._ids)
+        self._members[wid], group = self._make(wid)
+        if group is not None:
+            self.groups[wid] = group
+        self._load[wid] = 0
+        return wid
+
+    def _retire(self, wid: int) -> None:
+        self._retiring[wid] = self._members.pop(wid)
+        self._load.pop(wid)
+        self._close_if_idle(wid)
+
+    def _close_if_idle(self, wid: int) -> None:
+        if wid in self._retiring and wid not in self._inflight.values():
+            _close(self._retiring.pop(wid), self.groups.pop(wid, None))
 
 
 def _close(handle, group=None) -> None:
@@ -111,21 +179,35 @@ def _close(handle, group=None) -> None:
         remove_placement_group(group)
 
 
-class LearnerGroup:
-    """The learner ranks as one object: one torch.distributed world, one call per step."""
+def raise_if_startup_failure(error: RayActorError, pool: str) -> None:
+    """A worker whose constructor raised is a configuration problem, not a fault to retry."""
+    if error.actor_init_failed:
+        raise RuntimeError(f"a {pool} worker failed to start (not retried): {error}") from error
 
-    def __init__(self, learner_cls, cfg):
+
+class LearnerGroup:
+    """The learner ranks (`actors/learner.py` LearnerWorker, one per data-parallel rank) as one
+    object: one torch.distributed world, one call per step. `ranks` is their pool (worker id = rank);
+    it is never resized: the world size is fixed."""
+
+    def __init__(self, worker_cls, cfg):
         from rlkd_ray.controller.placement import actor_options
 
-        ws = cfg.learner.world_size
         opts = actor_options(cfg.learner.num_cpus, cfg.learner.num_gpus, cfg.cluster.learner_node)
-        self.ranks = [learner_cls.options(**opts).remote(cfg, rank) for rank in range(ws)]
-        addr, port = ray.get(self.ranks[0].address.remote())
-        ray.get([r.setup.remote(addr, port) for r in self.ranks])
+        self.ranks = ActorPool("learner", lambda rank: (worker_cls.options(**opts).remote(cfg, rank), None),
+                               cfg.learner.world_size)
+        addr, port = ray.get(self.ranks.call(0, "address"))
+        ray.get(list(self.ranks.call_all("setup", addr, port).values()))
 
     def train_step(self, batch: TrainBatch) -> List[ray.ObjectRef]:
+        """The GRPO step of every rank on one object-store copy of `batch` (per-rank metric sums)."""
         ref = ray.put(batch)
-        return [r.train_step.remote(ref) for r in self.ranks]
+        return list(self.ranks.call_all("train_step", ref).values())
+
+    def sft_step(self, batch: TrainBatch) -> List[Dict[str, float]]:
+        """One supervised step of every rank (per-rank metric sums)."""
+        ref = ray.put(batch)
+        return ray.get(list(self.ranks.call_all("sft_step", ref).values()))
 
     @staticmethod
     def reduce_metrics(per_rank: List[Dict[str, float]]) -> Dict[str, float]:
@@ -139,14 +221,13 @@ class LearnerGroup:
 
     def publish_weights(self) -> List[ray.ObjectRef]:
         """[reference of the full state dict] (collective: every rank takes part in the gather)."""
-        return ray.get([r.publish_weights.remote() for r in self.ranks])[0]
+        return ray.get(list(self.ranks.call_all("publish_weights").values()))[0]
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
-        ray.get([r.save.remote(ckpt_dir, client_state) for r in self.ranks])
+        ray.get(list(self.ranks.call_all("save", ckpt_dir, client_state).values()))
 
     def load(self, ckpt_dir: str) -> dict:
-        return ray.get([r.load.remote(ckpt_dir) for r in self.ranks])[0]
+        return ray.get(list(self.ranks.call_all("load", ckpt_dir).values()))[0]
 
     def shutdown(self) -> None:
-        for r in self.ranks:
-            ray.kill(r)
+        self.ranks.shutdown()

@@ -21,7 +21,7 @@ from rlkd_ray.config import ConfigError, PromptExample, RLKDConfig
 from rlkd_ray.controller.samples import Problem, PromptGroup
 from rlkd_ray.data import load_split, prepare_data
 from rlkd_ray.data.structure_control import shuffled_structures
-from rlkd_ray.engines.base import PromptTooLong, build_prompt_ids
+from rlkd_ray.engines.base import PromptTooLong, build_prompt_ids, pad_token_id
 
 
 def group_seed(seed: int, step: int, slot: int) -> int:
@@ -90,9 +90,7 @@ class PromptSource:
         self.tokenizer = student_tokenizer(resolve_model(cfg.model.student, cfg.paths.cache_dir),
                                            cfg.rollout.chat_template)
         self.completion_prefix = forced_prefix(self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
         prepare_data(cfg.data, cfg.paths.cache_dir)
         dataset = load_split(cfg.paths.cache_dir, cfg.data.name, "train")
         self.problems: List[Problem] = []

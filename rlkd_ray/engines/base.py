@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Protocol, Sequence
 
 import torch
 
+from rlkd_ray.config import DTYPES
+
 
 @dataclass
 class Sampling:
@@ -66,6 +68,21 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Free the engine's memory and processes."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a `model.dtype` name."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad token, else its end-of-sequence token (pads are masked out)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an eos token")
+    return pad
 
 
 def build_prompt_ids(tokenizer, messages: List[Dict[str, str]], max_prompt_tokens: int) -> List[int]:

@@ -13,10 +13,16 @@ from typing import Dict, List, Optional, Sequence, Set
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from rlkd_ray.engines.base import Completion, Sampling, check_request, choice_token_ids, pin_to_cores
+from rlkd_ray.engines.base import (
+    Completion,
+    Sampling,
+    check_request,
+    choice_token_ids,
+    pad_token_id,
+    pin_to_cores,
+    torch_dtype,
+)
 from rlkd_ray.weight_sync.protocol import SyncGroup, manifest_of, receive, unique_tensors
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HFEngine:
@@ -32,21 +38,19 @@ class HFEngine:
         threads: Optional[int] = None,
         cpu_cores: Optional[str] = None,
     ):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        dtype = torch_dtype(dtype)
         if cpu_cores is not None:
             threads = threads or len(pin_to_cores(cpu_cores))
         if threads is not None:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a Ray actor sees only its own GPU
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype]).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.device = self.model.device
         self.batch_size = batch_size
         self.max_model_len = max_model_len
         self.eos_ids = eos_token_ids(self.tokenizer, self.model.generation_config)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else min(self.eos_ids)
+        self.pad_id = pad_token_id(self.tokenizer)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         self.sync_ranks = 1  # members of a broadcast weight-sync group
         self.sync_group: Optional[SyncGroup] = None

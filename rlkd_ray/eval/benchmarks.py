@@ -27,7 +27,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from rlkd_ray.config import ArithConfig
 from rlkd_ray.data import BadRow, DataError, eval_split
@@ -252,17 +252,22 @@ def as_integer(answer: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def integer_score(completion: str, gold: str) -> Accuracy:
-    """1.0 iff the last boxed answer is the gold integer (AIME-style answers)."""
+def _boxed_score(completion: str, gold, read: Callable[[str], Any], what: str) -> Accuracy:
+    """1.0 iff the last boxed answer, read by `read` (None: not a `what`), equals `gold`."""
     predicted = extract_answer(completion)
     if predicted is None:
         return Accuracy(0.0, None, "no \\boxed{} answer in the completion")
-    value = as_integer(predicted)
+    value = read(predicted)
     if value is None:
-        return Accuracy(0.0, predicted, "boxed answer is not an integer")
-    if value != int(gold):
+        return Accuracy(0.0, predicted, f"boxed answer is not {what}")
+    if value != gold:
         return Accuracy(0.0, predicted, "boxed answer differs from the gold")
     return Accuracy(1.0, predicted, None)
+
+
+def integer_score(completion: str, gold: str) -> Accuracy:
+    """1.0 iff the last boxed answer is the gold integer (AIME-style answers)."""
+    return _boxed_score(completion, int(gold), as_integer, "an integer")
 
 
 def choice_letter(answer: str) -> Optional[str]:
@@ -273,15 +278,7 @@ def choice_letter(answer: str) -> Optional[str]:
 
 def choice_score(completion: str, gold: str) -> Accuracy:
     """1.0 iff the last boxed answer names the gold option letter (GPQA-style multiple choice)."""
-    predicted = extract_answer(completion)
-    if predicted is None:
-        return Accuracy(0.0, None, "no \\boxed{} answer in the completion")
-    letter = choice_letter(predicted)
-    if letter is None:
-        return Accuracy(0.0, predicted, "boxed answer is not an option letter")
-    if letter != gold:
-        return Accuracy(0.0, predicted, "boxed answer differs from the gold")
-    return Accuracy(1.0, predicted, None)
+    return _boxed_score(completion, gold, choice_letter, "an option letter")
 
 
 SCORERS = {"math": accuracy_reward, "integer": integer_score, "choice": choice_score}

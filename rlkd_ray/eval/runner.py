@@ -11,20 +11,18 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import ray
 from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import PromptExample, RLKDConfig
 from rlkd_ray.controller.placement import start_engine_actor
-from rlkd_ray.controller.pools import WorkerPool
+from rlkd_ray.controller.pools import ActorPool
 from rlkd_ray.controller.prompt_source import chat_messages, student_tokenizer
 from rlkd_ray.engines.base import Completion, PromptTooLong, Sampling, build_prompt_ids
 from rlkd_ray.eval.benchmarks import Benchmark, EvalProblem, load_benchmark, parse_benchmark_spec
@@ -112,30 +110,25 @@ def _call_seed(seed: int, benchmark: str, first_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{benchmark}:{first_id}".encode()).digest()[:4], "little")
 
 
-def _generate(pool: WorkerPool, chunks: Sequence[Chunk], sampling: Sampling, benchmark: str
+def _generate(pool: ActorPool, chunks: Sequence[Chunk], sampling: Sampling, benchmark: str
               ) -> Iterator[Tuple[Chunk, List[List[Completion]]]]:
-    """Each chunk's completions as soon as they are done; two calls in flight per worker."""
-    pending, inflight = deque(chunks), {}
-    while pending or inflight:
-        while pending and len(inflight) < 2 * len(pool):
-            chunk = pending.popleft()
-            call = copy.copy(sampling)
-            call.seed = _call_seed(sampling.seed, benchmark, chunk[0][0].id)
-            ref, _ = pool.submit("generate_with", [ids for _, ids in chunk], call)
-            inflight[ref] = chunk
-        ready: List[ray.ObjectRef] = []
-        while not ready:  # short waits, so that Ctrl-C stops a long eval
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-        pool.done(ready[0])
-        try:
-            outputs = ray.get(ready[0])
-        except RayActorError as e:
-            raise EvalError(f"an eval worker died ({e}); finished problems are saved: run the same command "
-                            f"again to resume") from e
-        yield inflight.pop(ready[0]), outputs
+    """Each chunk's completions as soon as they are done; two calls in flight per worker, short
+    waits (so that Ctrl-C stops a long eval). A worker that dies stops the eval: a training's rollout
+    worker cannot be replaced here (the new one would not hold the weights to evaluate)."""
+    calls = []
+    for chunk in chunks:
+        call = copy.copy(sampling)
+        call.seed = _call_seed(sampling.seed, benchmark, chunk[0][0].id)
+        calls.append(([ids for _, ids in chunk], call))
+    try:
+        for index, outputs in pool.map_unordered("generate_with", calls, poll_s=1.0):
+            yield chunks[index], outputs
+    except RayActorError as e:
+        raise EvalError(f"an eval worker died ({e}); finished problems are saved: run the same command "
+                        f"again to resume") from e
 
 
-def evaluate_benchmark(pool: WorkerPool, bench: Benchmark, tokenizer, cfg: RLKDConfig, settings: EvalSettings,
+def evaluate_benchmark(pool: ActorPool, bench: Benchmark, tokenizer, cfg: RLKDConfig, settings: EvalSettings,
                        folder: Path) -> Dict[str, Any]:
     """Generate and score the problems not yet in `completions/<name>.jsonl`; summarise all."""
     path = folder / COMPLETIONS / f"{bench.name}.jsonl"
@@ -183,7 +176,7 @@ def evaluate_benchmark(pool: WorkerPool, bench: Benchmark, tokenizer, cfg: RLKDC
             "left_out": {**bench.left_out, "prompt_too_long": too_long}}
 
 
-def run_eval(cfg: RLKDConfig, model: Union[str, WorkerPool], benchmarks: Sequence[str], output_dir: str | Path,
+def run_eval(cfg: RLKDConfig, model: Union[str, ActorPool], benchmarks: Sequence[str], output_dir: str | Path,
              limit: Optional[int] = None, label: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate `model` on `benchmarks` (names or `PATH[:key=value...]` specs) with `cfg.eval`
     sampling; writes `output_dir`/{settings.json, completions/, results.json, results.md}.
@@ -208,7 +201,7 @@ def run_eval(cfg: RLKDConfig, model: Union[str, WorkerPool], benchmarks: Sequenc
     if isinstance(model, str):
         local = Path(model).expanduser()  # workers may run in another working directory
         ecfg, r = eval_config(cfg, str(local.resolve()) if local.is_dir() else model), cfg.rollout
-        pool = WorkerPool("eval", lambda i: start_engine_actor(RolloutWorker, r, cfg.cluster.rollout_node, ecfg, i),
+        pool = ActorPool("eval", lambda i: start_engine_actor(RolloutWorker, r, cfg.cluster.rollout_node, ecfg, i),
                           r.num_workers)
     else:
         pool = model

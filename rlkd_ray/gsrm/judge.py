@@ -14,7 +14,6 @@ import re
 from typing import Dict, List, Optional
 
 JUDGE_KINDS = ("meta", "query", "answer")
-JUDGE_CHOICES = ("yes", "no")  # the words whose first-token log-probs `verdict_from_logprobs` compares
 
 _SYSTEM = (
     "You compare one step of a teacher's reasoning with the same step of a student's reasoning. "

@@ -1,1 +1,1 @@
-"""The learner: one `PolicyLearner` (DeepSpeed engine, GRPO or SFT step) per rank (`policy.py`)."""
+"""The learner: one `DeepSpeedPolicy` (DeepSpeed engine, GRPO or SFT step) per rank (`policy.py`)."""

@@ -1,7 +1,7 @@
 """The policy learner of one data-parallel rank: a DeepSpeed engine over the student, a frozen
 reference for the KL term, the GRPO step over micro-batches, weight gathering, checkpoints.
 
-`actors/learner.py` wraps one `PolicyLearner` per rank in a Ray actor; the ranks of a group form one
+`actors/learner.py` wraps one `DeepSpeedPolicy` per rank in a Ray actor; the ranks of a group form one
 torch.distributed world (gloo on CPU, NCCL on GPUs).
 """
 
@@ -18,8 +18,8 @@ import torch
 from rlkd_ray.algo.losses import entropy_from_logits, grpo_loss, logprob_gap, sft_loss, truncated_is_weights
 from rlkd_ray.config import RLKDConfig
 from rlkd_ray.controller.batching import TrainBatch, micro_batches, shard
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from rlkd_ray.engines.base import torch_dtype
+from rlkd_ray.weight_sync.protocol import alias_key, send
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
@@ -39,7 +39,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 def learner_autocast(dtype: Optional[str]):
     """`torch.autocast` on CPU at `dtype` (bfloat16), or a no-op context for None. The weights, the
     optimizer and the log-softmax over the logits stay float32."""
-    return torch.autocast("cpu", dtype=DTYPES[dtype], enabled=True) if dtype else nullcontext()
+    return torch.autocast("cpu", dtype=torch_dtype(dtype), enabled=True) if dtype else nullcontext()
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):
@@ -75,8 +75,9 @@ def deepspeed_config(cfg: RLKDConfig) -> dict:
     }
 
 
-class PolicyLearner:
-    """One rank. Expects RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT in the environment."""
+class DeepSpeedPolicy:
+    """The student policy of one data-parallel rank under DeepSpeed. Expects
+    RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT in the environment."""
 
     def __init__(self, cfg: RLKDConfig, student_path: str, reference_path: Optional[str] = None):
         import deepspeed
@@ -95,7 +96,7 @@ class PolicyLearner:
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
         torch.manual_seed(cfg.trainer.seed)
 
-        dtype = DTYPES[cfg.model.dtype]
+        dtype = torch_dtype(cfg.model.dtype)
         model = AutoModelForCausalLM.from_pretrained(student_path, dtype=dtype)
         if cfg.learner.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -231,8 +232,6 @@ class PolicyLearner:
         """Rank 0 sends the full state dict from where it lives (GPU memory under NCCL) through the
         broadcast group `group` (rlkd_ray/weight_sync/protocol.py); ZeRO-3 shards are gathered first
         (collective: every rank calls it). Returns rank 0's seconds."""
-        from rlkd_ray.weight_sync.protocol import send
-
         with self.full_state() as state:
             return send(group, version, state, bucket_bytes).seconds if self.rank == 0 else None
 
@@ -264,7 +263,7 @@ def _cpu_copy(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     copies: Dict[tuple, torch.Tensor] = {}
     out = {}
     for name, t in state.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        key = alias_key(t)
         if key not in copies:
             copies[key] = t.detach().to("cpu", copy=True).contiguous()
         out[name] = copies[key]

@@ -188,7 +188,7 @@ def collate(rows: Sequence[Tokenised], pad_id: int):
         attention_mask[i, : len(r.input_ids)] = 1
         loss_mask[i, : len(r.weights)] = torch.tensor(r.weights)
     return TrainBatch(input_ids, attention_mask, loss_mask, torch.zeros((n, width)), torch.zeros(n),
-                      torch.zeros(n, dtype=torch.long), num_tokens=int((loss_mask > 0).sum().item()))
+                      num_tokens=int((loss_mask > 0).sum().item()))
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> List[List[int]]:
@@ -204,7 +204,7 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int) -> List[List[int
 
 
 def reduce_metrics(per_rank: List[Dict[str, float]]) -> Dict[str, float]:
-    """`PolicyLearner.sft_step` sums of all ranks → the step's weighted loss and plain token NLL."""
+    """`DeepSpeedPolicy.sft_step` sums of all ranks → the step's weighted loss and plain token NLL."""
     weight = sum(m["weight"] for m in per_rank)
     tokens = sum(m["tokens"] for m in per_rank)
     return {"loss": sum(m["loss_sum"] for m in per_rank) / max(weight, 1e-12),
@@ -264,14 +264,14 @@ def build_examples(cfg: RLKDConfig, tokenizer) -> Tuple[List[Tokenised], int]:
 
 def run_sft(cfg: RLKDConfig) -> SFTSummary:
     """Fine-tune `base_model(cfg)` on the examples of `sft.task`; needs Ray initialised."""
-    import ray
     from tqdm import tqdm
 
-    from actors.learner import Learner
+    from actors.learner import LearnerWorker
     from rlkd_ray.assets import resolve_model
     from rlkd_ray.controller.metrics import MetricsWriter
     from rlkd_ray.controller.pools import LearnerGroup
     from rlkd_ray.controller.prompt_source import student_tokenizer
+    from rlkd_ray.engines.base import pad_token_id
 
     s = cfg.sft
     per_call = cfg.learner.micro_batch_size * cfg.learner.world_size
@@ -281,7 +281,7 @@ def run_sft(cfg: RLKDConfig) -> SFTSummary:
     model_path = resolve_model(base_model(cfg), cfg.paths.cache_dir)
     # distill: the student's chat template, as in RL (rollout.chat_template)
     tokenizer = student_tokenizer(model_path, cfg.rollout.chat_template if s.task == "distill" else None)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     rows, too_long = build_examples(cfg, tokenizer)
     steps = s.total_steps or math.ceil(s.epochs * len(rows) / s.batch_size)
     print(f"[sft] {s.task}: {len(rows)} examples ({too_long} over sft.max_seq_len left out), {steps} steps of "
@@ -290,14 +290,14 @@ def run_sft(cfg: RLKDConfig) -> SFTSummary:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     writer = MetricsWriter(out, cfg)
-    group = LearnerGroup(Learner, learner_config(cfg, model_path, steps))
+    group = LearnerGroup(LearnerWorker, learner_config(cfg, model_path, steps))
     losses, seconds = [], []
     bar = tqdm(total=steps, desc=f"sft {s.task}", unit="step", dynamic_ncols=True, disable=not cfg.logging.progress)
     try:
         for step, index in enumerate(batch_order(len(rows), s.batch_size, steps, cfg.trainer.seed), start=1):
-            batch = ray.put(collate([rows[i] for i in index], pad_id))
+            batch = collate([rows[i] for i in index], pad_id)
             t0 = time.perf_counter()
-            metrics = reduce_metrics(ray.get([rank.sft_step.remote(batch) for rank in group.ranks]))
+            metrics = reduce_metrics(group.sft_step(batch))
             metrics["step_s"] = time.perf_counter() - t0
             writer.log(step, metrics)
             losses.append(metrics["loss"])

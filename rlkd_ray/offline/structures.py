@@ -2,8 +2,8 @@
 in the prepared dataset (column `teacher_structure`), so that training decomposes only the student
 paths online (`GroupScorer.teacher_structure` reads the stored text).
 
-The traces go through the reward pool on Ray (`RewardWorker.decompose`, least-loaded worker first,
-all traces of one problem in one batched call). A trace whose decomposition has no step is a parse
+The traces go through a pool of reward workers on Ray (`RewardWorker.decompose`, least-loaded
+worker first, all traces of one problem in one batched call). A trace whose decomposition has no step is a parse
 failure: its `teacher_structure` stays empty. One with steps is stored in canonical form
 (`format_structure`), also when the parser noted deviations (a warning; training would use the same
 steps if it decomposed the trace online). Every failure and warning is listed with the parser's
@@ -52,46 +52,26 @@ def decompose_traces(cfg: RLKDConfig, traces: List[Tuple[str, str, str]]) -> Dic
 
     Traces of the same problem go in one call; a dead worker is replaced and its calls sent again.
     """
-    import ray
-    from ray.exceptions import RayActorError
     from tqdm import tqdm
 
     from actors.reward import RewardWorker
     from rlkd_ray.controller.placement import start_engine_actor
-    from rlkd_ray.controller.pools import WorkerPool
+    from rlkd_ray.controller.pools import ActorPool
 
     by_problem: Dict[str, List[Tuple[str, str]]] = defaultdict(list)
     for id, problem, reasoning in traces:
         by_problem[problem].append((id, reasoning))
-    calls = list(by_problem.items())
+    ids = [[id for id, _ in items] for items in by_problem.values()]
+    calls = [(problem, [r for _, r in items]) for problem, items in by_problem.items()]
     w = cfg.reward
-    pool = WorkerPool("reward", lambda i: start_engine_actor(RewardWorker, w, cfg.cluster.reward_node, cfg, i),
-                      w.num_workers)
+    pool = ActorPool("reward", lambda i: start_engine_actor(RewardWorker, w, cfg.cluster.reward_node, cfg, i),
+                     w.num_workers)
     out: Dict[str, Structure] = {}
-    inflight: Dict[ray.ObjectRef, Tuple[int, int]] = {}  # ref -> (call index, worker id)
-    next_call = 0
     bar = tqdm(total=len(traces), desc="decompose teacher traces", unit="trace", dynamic_ncols=True,
                disable=not cfg.logging.progress)
     try:
-        while next_call < len(calls) or inflight:
-            while next_call < len(calls) and len(inflight) < 2 * len(pool):  # two queued per worker
-                problem, items = calls[next_call]
-                ref, wid = pool.submit("decompose", problem, [r for _, r in items])
-                inflight[ref] = (next_call, wid)
-                next_call += 1
-            (ref,), _ = ray.wait(list(inflight), num_returns=1)
-            index, wid = inflight.pop(ref)
-            pool.done(ref)
-            try:
-                structures = ray.get(ref)
-            except RayActorError:
-                pool.replace(wid)
-                problem, items = calls[index]
-                again, new_wid = pool.submit("decompose", problem, [r for _, r in items])
-                inflight[again] = (index, new_wid)
-                continue
-            for (id, _), structure in zip(calls[index][1], structures):
-                out[id] = structure
+        for index, structures in pool.map_unordered("decompose", calls, replace_dead=True):
+            out.update(zip(ids[index], structures))
             bar.update(len(structures))
     finally:
         bar.close()

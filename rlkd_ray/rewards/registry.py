@@ -88,19 +88,17 @@ def total_reward(
 
 
 class RuleRewards:
-    """The rule and custom rewards of one `RewardConfig`, with a count of unscorable golds."""
+    """The rule and custom rewards of one `RewardConfig` (unscorable golds are counted per group by
+    `GroupScorer`, as `unscorable_accuracy`)."""
 
     def __init__(self, cfg: RewardConfig):
         self.weights = cfg.weights
         self.custom = load_custom(cfg.custom)
         self.custom_weights = {name: weight for name, _, weight in self.custom}
-        self.num_unscorable = 0  # samples whose gold answer math-verify cannot parse
 
     def components(self, sample: dict) -> Components:
         """Rule components plus one entry per custom reward (no `structure`: the GSRM adds it)."""
         out = rule_components(sample)
-        if out["accuracy"] is None:
-            self.num_unscorable += 1
         for name, fn, _ in self.custom:
             out[name] = call_custom(name, fn, sample)
         return out

@@ -84,13 +84,18 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def alias_key(t: torch.Tensor) -> tuple:
+    """Equal for two names of one tensor (tied weights, e.g. lm_head = embed_tokens)."""
+    return t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype
+
+
 def unique_tensors(weights: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The state dict without names that alias an earlier tensor (a tied lm_head travels once, under
     the embedding's name, as in a saved checkpoint)."""
     seen = set()
     out = {}
     for name, t in weights.items():
-        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        key = alias_key(t)
         if key not in seen:
             seen.add(key)
             out[name] = t
