@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import ray
@@ -32,7 +31,9 @@ from rlkd_ray.controller.pools import LearnerGroup, WorkerPool
 from rlkd_ray.controller.progress import StepProgress
 from rlkd_ray.controller.prompt_source import PromptSource
 from rlkd_ray.controller.samples import PromptGroup
+from rlkd_ray.controller.stopping import StopRequest
 from rlkd_ray.rewards.registry import load_custom
+from rlkd_ray.run_dirs import claim_fresh, open_for_resume
 from rlkd_ray.weight_sync.channels import Load, make_channel
 
 CONTROL_POLL_S = 2.0  # how often the driver reads the pool sizes asked for by `rlkd scale`
@@ -47,18 +48,23 @@ class _Event:
 
 
 class Trainer:
-    """`with Trainer(cfg) as t: summary = t.run()`; leaving the block shuts every actor down."""
+    """`with Trainer(cfg) as t: summary = t.run()`; leaving the block shuts every actor down.
 
-    def __init__(self, cfg: RLKDConfig):
+    A fresh run whose `paths.run_dir` holds another run writes to a `version_N` folder under it
+    (rlkd_ray/run_dirs.py); `cfg.paths.run_dir` is set to the folder used. `stop` (set by a signal,
+    rlkd_ray/controller/stopping.py) is checked once per loop iteration."""
+
+    def __init__(self, cfg: RLKDConfig, stop: Optional[StopRequest] = None):
         from actors.control import Control, control_name
         from actors.learner import Learner
         from actors.reward import RewardWorker
         from actors.rollout import RolloutWorker
 
         self.cfg = cfg
-        self.run_dir = Path(cfg.paths.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.stop = stop or StopRequest()
+        open_run_dir = open_for_resume if cfg.trainer.resume else claim_fresh
+        self.run_dir = open_run_dir(cfg.paths.run_dir, to_yaml(cfg))
+        cfg.paths.run_dir = str(self.run_dir)
         load_custom(cfg.reward.custom)  # fail here, before any actor starts, on a bad import path
         self.source = PromptSource(cfg)
         r, w, c = cfg.rollout, cfg.reward, cfg.cluster
@@ -73,6 +79,7 @@ class Trainer:
         self.control_checked = time.monotonic()
         self.writer = MetricsWriter(self.run_dir, cfg.logging)
         self.step = 0  # optimizer steps done
+        self.saved_step = 0  # step of the newest checkpoint (0: none)
         self.version = 0  # policy version of the learner's weights (= steps done)
         self.synced = 0  # newest version whose load was sent to every rollout worker
         self.failed_syncs: set = set()  # versions whose sync lost a rollout worker part-way
@@ -85,7 +92,9 @@ class Trainer:
     def __enter__(self) -> "Trainer":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is KeyboardInterrupt:  # a second signal: stop at once; Ray ends the actors
+            return
         self.close()
 
     def close(self) -> None:
@@ -105,7 +114,7 @@ class Trainer:
         self.progress = StepProgress(cfg.trainer.total_steps, self.step, enabled=cfg.logging.progress)
         self.step_started = time.perf_counter()
         self.last: Dict[str, float] = {}
-        while self.step < cfg.trainer.total_steps:
+        while self.step < cfg.trainer.total_steps and self.stop.reason is None:
             next_group = self.dispatch_rollouts(next_group)
             self.maybe_train()
             ready, _ = ray.wait(list(self.events), num_returns=1, timeout=CONTROL_POLL_S)
@@ -121,14 +130,20 @@ class Trainer:
                 self.on_load(ready[0], event)
             elif event.kind == "train":
                 self.on_train(ready[0], event)
+        stopped = self.stop.reason if self.step < cfg.trainer.total_steps else None
+        if stopped:  # a safe point: the step in flight is applied, the rest dropped
+            self.finish_training()
+            for ref in [r for r, e in self.events.items() if e.kind in ("rollout", "reward")]:
+                del self.events[ref]
+                ray.cancel(ref)  # a queued call is dropped; a running one finishes before the worker closes
         while any(e.kind == "load" for e in self.events.values()):
             ref = next(r for r, e in self.events.items() if e.kind == "load")
             self.on_load(ref, self.events.pop(ref))
         self.progress.close()
-        if self.step % cfg.trainer.save_every:  # the final state, unless just saved
+        if not stopped or cfg.trainer.checkpoint_on_stop:  # the final state, unless just saved
             self.save()
         return {"steps": self.step, "version": self.version, "run_dir": str(self.run_dir),
-                "checkpoint": str(checkpointing.latest_checkpoint(self.run_dir)), "last": self.last}
+                "checkpoint": self.stop.checkpoint, "stopped_by": stopped, "last": self.last}
 
     def apply_control(self) -> None:
         """Resize the pools to what `rlkd scale` last asked for (checked every few seconds, never
@@ -317,25 +332,42 @@ class Trainer:
             self.pending_sync_time = max(self.pending_sync_time, seconds)
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save(self) -> Path:
-        ckpt = checkpointing.step_dir(self.run_dir, self.step)
-        state = {"step": self.step, "version": self.version, "seed": self.cfg.trainer.seed,
-                 "data_position": self.step * self.cfg.trainer.prompts_per_step}
-        self.learner.save(str(ckpt), state)
-        checkpointing.write_state(ckpt, state)
-        return ckpt
+    def save(self) -> None:
+        """A checkpoint of the current step (none for step 0, nor twice for one step); atomic."""
+        if self.step in (0, self.saved_step):
+            return
+        t = self.cfg.trainer
+        state = {"step": self.step, "version": self.version, "seed": t.seed, "prompts_per_step": t.prompts_per_step,
+                 "data_position": self.step * t.prompts_per_step}
+        staging = checkpointing.staging_dir(self.run_dir, self.step)
+        self.learner.save(str(staging), state)
+        self.stop.checkpoint = str(checkpointing.commit(staging, state))
+        self.saved_step = self.step
 
     def resume(self) -> None:
-        ckpt = checkpointing.latest_checkpoint(self.run_dir)
+        """Continue from the newest complete checkpoint: learner state (weights, optimizer, LR schedule,
+        RNG), step and policy version; the data position and every sampling seed follow from the step.
+        What was logged after that step is dropped, to be logged again."""
+        ckpt = checkpointing.latest_checkpoint(self.run_dir, warn=lambda msg: print(f"resume: {msg}"))
         if ckpt is None:
-            print(f"resume: no checkpoint under {self.run_dir}/checkpoints; starting from step 0")
+            dropped = self.writer.truncate_after(0)
+            print(f"resume: no complete checkpoint under {self.run_dir}/checkpoints; starting from step 0"
+                  + (f" (dropped {dropped} metrics lines of the earlier attempt)" if dropped else ""))
             return
         state = checkpointing.read_state(ckpt)
+        t = self.cfg.trainer
+        for key in ("seed", "prompts_per_step"):  # they fix the data position and the sampling seeds
+            if state.get(key, getattr(t, key)) != getattr(t, key):
+                raise ValueError(f"resume: {ckpt} was written with trainer.{key}={state[key]}, the config "
+                                 f"has {getattr(t, key)}; resume with the same value")
         self.learner.load(str(ckpt))
         self.step, self.version = state["step"], state["version"]
+        self.saved_step, self.stop.checkpoint = self.step, str(ckpt)
         self.synced = self.version
         self.await_loads(self.channel.publish(self.version))
-        print(f"resume: {ckpt} (step {self.step}, policy version {self.version})")
+        dropped = self.writer.truncate_after(self.step)
+        print(f"resume: {ckpt} (step {self.step}, policy version {self.version}"
+              + (f"; dropped {dropped} metrics lines logged after it)" if dropped else ")"))
 
 
 
