@@ -4,12 +4,12 @@ raylet's agents (DashboardAgent, RuntimeEnvAgent): after a `kill -9` of the driv
 
 `start_guard()` starts a small guard process, in a session of its own (a Ctrl-C at the terminal does
 not reach it). Once a second it records the ids (pid and start time) of every process below the
-driver that started after the guard (in a process that had children before: only the cluster's).
+driver but those it had when the guard started (in a process with children before: only the cluster's).
 It holds the read end of a pipe whose only write end the driver holds: when the driver ends, the
 guard reads end-of-file and ends every recorded process still alive (SIGTERM, then SIGKILL after
 `GRACE_S`). A process is matched by its recorded pid and start time, never by its name.
 
-    python -m rlkd_ray.process_guard DRIVER_PID   (stdin: the pipe)
+    python -m rlkd_ray.process_guard DRIVER_PID [PID_TO_LEAVE ...]   (stdin: the pipe)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import select
 import subprocess
 import sys
-from typing import Dict
+from typing import Dict, Set
 
 RECORD_EVERY_S = 1.0  # how often the guard records the driver's descendants
 GRACE_S = 5.0  # between SIGTERM and SIGKILL of what a driver left behind
@@ -27,24 +27,26 @@ GRACE_S = 5.0  # between SIGTERM and SIGKILL of what a driver left behind
 def start_guard() -> int:
     """Start the guard of this process's descendants; returns the pipe's write end, to keep open for
     as long as the cluster should live (closing it, or this process ending, makes the guard act)."""
+    import psutil
+
+    earlier = [str(p.pid) for p in psutil.Process().children(recursive=True)]
     read_end, write_end = os.pipe()  # not inherited by the processes Ray starts (Python fds are not)
-    subprocess.Popen([sys.executable, "-m", "rlkd_ray.process_guard", str(os.getpid())], stdin=read_end,
-                     stdout=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen([sys.executable, "-m", "rlkd_ray.process_guard", str(os.getpid()), *earlier],
+                     stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
     os.close(read_end)
     return write_end
 
 
-def guard(driver_pid: int) -> None:
+def guard(driver_pid: int, leave: Set[int]) -> None:
     import psutil
 
     recorded: Dict[int, float] = {}  # pid -> start time
-    me = psutil.Process()
+    leave = leave | {os.getpid()}
     while True:
         try:
             for p in psutil.Process(driver_pid).children(recursive=True):
-                started = p.create_time()
-                if started > me.create_time():
-                    recorded.setdefault(p.pid, started)
+                if p.pid not in leave:
+                    recorded.setdefault(p.pid, p.create_time())
         except psutil.Error:  # the driver is gone (or a child went while being read)
             pass
         ready, _, _ = select.select([sys.stdin], [], [], RECORD_EVERY_S)
@@ -68,4 +70,4 @@ def guard(driver_pid: int) -> None:
 
 
 if __name__ == "__main__":
-    guard(int(sys.argv[1]))
+    guard(int(sys.argv[1]), {int(pid) for pid in sys.argv[2:]})
