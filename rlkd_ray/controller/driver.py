@@ -12,6 +12,7 @@ workers as version v+1. `trainer.max_staleness` bounds how far rollouts may run 
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -344,13 +345,22 @@ class Trainer:
         self.stop.checkpoint = str(checkpointing.commit(staging, state))
         self.saved_step = self.step
 
+    def drop_logged_after(self, step: int) -> int:
+        """Forget the metrics, samples and in-training evals of steps after `step` (logged by an
+        attempt killed before its next checkpoint; they are logged again). Returns the metrics lines
+        dropped."""
+        for folder in (self.run_dir / "eval").glob("step_*"):
+            if int(folder.name[len("step_"):]) > step:
+                shutil.rmtree(folder)
+        return self.writer.truncate_after(step)
+
     def resume(self) -> None:
         """Continue from the newest complete checkpoint: learner state (weights, optimizer, LR schedule,
         RNG), step and policy version; the data position and every sampling seed follow from the step.
         What was logged after that step is dropped, to be logged again."""
         ckpt = checkpointing.latest_checkpoint(self.run_dir, warn=lambda msg: print(f"resume: {msg}"))
         if ckpt is None:
-            dropped = self.writer.truncate_after(0)
+            dropped = self.drop_logged_after(0)
             print(f"resume: no complete checkpoint under {self.run_dir}/checkpoints; starting from step 0"
                   + (f" (dropped {dropped} metrics lines of the earlier attempt)" if dropped else ""))
             return
@@ -365,7 +375,7 @@ class Trainer:
         self.saved_step, self.stop.checkpoint = self.step, str(ckpt)
         self.synced = self.version
         self.await_loads(self.channel.publish(self.version))
-        dropped = self.writer.truncate_after(self.step)
+        dropped = self.drop_logged_after(self.step)
         print(f"resume: {ckpt} (step {self.step}, policy version {self.version}"
               + (f"; dropped {dropped} metrics lines logged after it)" if dropped else ")"))
 
