@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from rlkd_ray.controller import checkpointing
+from rlkd_ray.controller.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -30,11 +31,13 @@ def train_args(run_dir, tiny_model_path, cache_dir, *overrides):
             f"model.student={tiny_model_path}", f"model.gsrm={tiny_model_path}", "rollout.engine.backend=hf",
             "reward.engine.backend=hf", "data.train.limit=16", "rollout.max_new_tokens=16",
             "reward.decompose_max_new_tokens=16", "trainer.eval_every=0", "logging.progress=false",
-            "logging.tensorboard=false", *overrides]
+            "logging.tensorboard=false",
+            # a length bonus: non-zero advantages from the first step, so that every step changes the weights
+            "reward.custom=[{name: length, fn: 'custom_rewards:length_bonus', weight: 1.0}]", *overrides]
 
 
 def start(args, log_dir: Path, name: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), OMP_NUM_THREADS="1")
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(CLI + args, cwd=REPO, env=env, stdout=open(log_dir / f"{name}.out", "w"),
                             stderr=open(log_dir / f"{name}.err", "w"))
@@ -159,9 +162,16 @@ def test_kill_9_during_a_checkpoint_save_leaves_no_process_and_resumes_from_the_
     previous = checkpointing.latest_checkpoint(run_dir)
     assert previous is not None and checkpointing.read_state(previous)["step"] < k
     j = checkpointing.read_state(previous)["step"]
+    killed_attempt = {m["step"]: m for m in read_metrics(run_dir)}
     proc = start(args[:-2] + [f"trainer.total_steps={k + 1}", "trainer.resume=true"], tmp_path, "resumed")
     rc, out, err = finish(proc, tmp_path, "resumed")
     assert rc == 0, err[-3000:]
     assert f"resume: {previous} (step {j}, policy version {j}; dropped " in out
     assert metric_steps(run_dir) == list(range(1, k + 2))  # steps after j logged again, none twice
+    # Exact resume: the steps redone from checkpoint j equal those of the killed attempt (transformers
+    # engine, same seeds, same learner state and RNG).
+    for m in read_metrics(run_dir):
+        if j < m["step"] <= k:
+            for key in ("reward/total", "response_length", "learner/kl", "learner/grad_norm", "learner/lr"):
+                assert m[key] == pytest.approx(killed_attempt[m["step"]][key], rel=1e-4, abs=1e-6, nan_ok=True), key
     assert checkpointing.latest_checkpoint(run_dir) == checkpointing.step_dir(run_dir, k + 1)
