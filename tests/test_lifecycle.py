@@ -142,7 +142,9 @@ def test_second_ctrl_c_stops_at_once(tiny_model_path, cache_dir, tmp_path):
 def test_kill_9_during_a_checkpoint_save_leaves_no_process_and_resumes_from_the_one_before(
         tiny_model_path, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
-    args = train_args(run_dir, tiny_model_path, cache_dir, "trainer.total_steps=50", "trainer.save_every=1")
+    # A learning rate that changes every step (warmup, then cosine): the resumed schedule position shows.
+    args = train_args(run_dir, tiny_model_path, cache_dir, "trainer.total_steps=4", "trainer.save_every=1",
+                      "learner.optim.schedule=cosine", "learner.optim.warmup_ratio=0.5")
     proc = start(args, tmp_path, "killed")
     partial = [None]
 
@@ -163,15 +165,15 @@ def test_kill_9_during_a_checkpoint_save_leaves_no_process_and_resumes_from_the_
     assert previous is not None and checkpointing.read_state(previous)["step"] < k
     j = checkpointing.read_state(previous)["step"]
     killed_attempt = {m["step"]: m for m in read_metrics(run_dir)}
-    proc = start(args[:-2] + [f"trainer.total_steps={k + 1}", "trainer.resume=true"], tmp_path, "resumed")
+    proc = start(args + ["trainer.resume=true"], tmp_path, "resumed")
     rc, out, err = finish(proc, tmp_path, "resumed")
     assert rc == 0, err[-3000:]
     assert f"resume: {previous} (step {j}, policy version {j}; dropped " in out
-    assert metric_steps(run_dir) == list(range(1, k + 2))  # steps after j logged again, none twice
+    assert metric_steps(run_dir) == [1, 2, 3, 4]  # steps after j logged again, none twice
     # Exact resume: the steps redone from checkpoint j equal those of the killed attempt (transformers
     # engine, same seeds, same learner state and RNG).
     for m in read_metrics(run_dir):
         if j < m["step"] <= k:
             for key in ("reward/total", "response_length", "learner/kl", "learner/grad_norm", "learner/lr"):
                 assert m[key] == pytest.approx(killed_attempt[m["step"]][key], rel=1e-4, abs=1e-6, nan_ok=True), key
-    assert checkpointing.latest_checkpoint(run_dir) == checkpointing.step_dir(run_dir, k + 1)
+    assert checkpointing.latest_checkpoint(run_dir) == checkpointing.step_dir(run_dir, 4)
