@@ -92,3 +92,21 @@ def test_truncate_after_drops_later_and_cut_off_lines(tmp_path):
     writer.close()
     assert [(m["step"], m.get("loss")) for m in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (2, None), (3, 3.5)]
     assert [json.loads(line)["step"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()] == [2]
+
+
+@pytest.mark.parametrize("key,value", [("seed", 7), ("prompts_per_step", 4)])
+def test_resume_refuses_another_data_order(tmp_path, key, value):
+    """The seed and prompts per step fix the data position and the sampling seeds of every step; a
+    resume with others is refused before any state is loaded (the check runs ahead of the learner)."""
+    from rlkd_ray.config import RLKDConfig
+    from rlkd_ray.controller.driver import Trainer
+    from rlkd_ray.controller.stopping import StopRequest
+
+    staging = checkpointing.staging_dir(tmp_path, 2)
+    learner_save(staging)
+    checkpointing.commit(staging, {"step": 2, "version": 2, "seed": 42, "prompts_per_step": 8})
+    trainer = Trainer.__new__(Trainer)  # only what resume() reads before it loads anything
+    trainer.cfg, trainer.run_dir, trainer.stop = RLKDConfig(), tmp_path, StopRequest()
+    setattr(trainer.cfg.trainer, key, value)
+    with pytest.raises(ValueError, match=f"written with trainer.{key}=.*; resume with the same value"):
+        trainer.resume()
