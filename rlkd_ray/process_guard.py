@@ -18,7 +18,7 @@ import os
 import select
 import subprocess
 import sys
-from typing import Dict, Set
+from typing import Set, Tuple
 
 RECORD_EVERY_S = 1.0  # how often the guard records the driver's descendants
 GRACE_S = 5.0  # between SIGTERM and SIGKILL of what a driver left behind
@@ -40,20 +40,20 @@ def start_guard() -> int:
 def guard(driver_pid: int, leave: Set[int]) -> None:
     import psutil
 
-    recorded: Dict[int, float] = {}  # pid -> start time
+    recorded: Set[Tuple[int, float]] = set()  # (pid, start time): a reused pid is another process
     leave = leave | {os.getpid()}
     while True:
         try:
             for p in psutil.Process(driver_pid).children(recursive=True):
                 if p.pid not in leave:
-                    recorded.setdefault(p.pid, p.create_time())
+                    recorded.add((p.pid, p.create_time()))
         except psutil.Error:  # the driver is gone (or a child went while being read)
             pass
         ready, _, _ = select.select([sys.stdin], [], [], RECORD_EVERY_S)
         if ready and not os.read(sys.stdin.fileno(), 1):
             break
     left = []
-    for pid, started in recorded.items():
+    for pid, started in recorded:
         try:
             p = psutil.Process(pid)
             if p.create_time() == started:
