@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,17 +49,38 @@ def cmd_prepare_data(cfg: RLKDConfig, args) -> None:
 
 
 def cmd_train(cfg: RLKDConfig, args) -> None:
+    """Train; on SIGINT/SIGTERM stop at a safe point (rlkd_ray/controller/stopping.py), print where
+    and how to resume, and exit with 128 + the signal number."""
     from rlkd_ray.controller.driver import Driver
+    from rlkd_ray.controller.stopping import StopRequest, stop_on_signals
 
     t0 = time.perf_counter()
-    with ray_session(cfg), Driver(cfg) as driver:
-        summary = driver.run()
+    stop = StopRequest()
+    try:
+        with ray_session(cfg), stop_on_signals(stop), Driver(cfg, stop) as driver:
+            summary = driver.run()
+    except KeyboardInterrupt:  # a second signal (or Ctrl-C while Ray starts)
+        print(f"rlkd train: stopped at once; last checkpoint: {stop.checkpoint or 'none'}; "
+              f"resume: {resume_command(cfg, args)}", file=sys.stderr)
+        raise SystemExit(128 + (stop.signum or signal.SIGINT)) from None
+    if summary["stopped_by"]:
+        print(f"rlkd train: stopped by {summary['stopped_by']} after step {summary['steps']} of "
+              f"{cfg.trainer.total_steps}; last checkpoint: {summary['checkpoint'] or 'none'}; "
+              f"resume: {resume_command(cfg, args)}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=1))
     print(training_summary(summary["run_dir"], cfg.eval.confidence))
     print(f"metrics:    {summary['run_dir']}/metrics.jsonl (TensorBoard: {summary['run_dir']}/tensorboard)")
     print(f"samples:    {summary['run_dir']}/samples.jsonl")
     print(f"checkpoint: {summary['checkpoint']} (Hugging Face format in its hf/ folder)")
+
+
+def resume_command(cfg: RLKDConfig, args) -> str:
+    """The command line that continues this run: the same config and overrides, in its run folder."""
+    keep = [o for o in args.overrides if not o.startswith(("trainer.resume=", "paths.run_dir="))]
+    config = ["--config", args.config] if args.config else []
+    return shlex.join(["rlkd", "train", *config, *keep, "trainer.resume=true", f"paths.run_dir={cfg.paths.run_dir}"])
 
 
 def cmd_scale(cfg: RLKDConfig, args) -> None:

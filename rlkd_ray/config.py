@@ -206,7 +206,8 @@ class TrainerConfig:
     save_every: int = 50  # checkpoint every this many steps (and at the end)
     sample_log_every: int = 10  # write samples to samples.jsonl every this many steps
     num_logged_samples: int = 4  # samples written each time
-    resume: bool = False  # continue from <run_dir>/checkpoints/latest
+    resume: bool = False  # continue the run in paths.run_dir from its newest complete checkpoint
+    checkpoint_on_stop: bool = True  # on SIGINT/SIGTERM: checkpoint the last finished step before exiting
     eval_every: int = 0  # in-training eval every this many optimizer steps (sampling: eval.*); 0 = off
     eval_benchmarks: List[str] = field(default_factory=lambda: ["math500"])  # held out from training
     eval_limit: Optional[int] = 100  # first problems of each benchmark per in-training eval; None = all

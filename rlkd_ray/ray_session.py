@@ -1,5 +1,6 @@
 """One Ray session per command: join the cluster of `ray.address` / $RAY_ADDRESS, else start a
-loopback cluster in this process; a cluster started here is shut down when the block ends.
+loopback cluster in this process; a cluster started here is shut down when the block ends, and its
+processes end with this process however it ends (rlkd_ray/process_guard.py).
 
     with ray_session(cfg):
         ...  # actors, remote calls
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Iterator, Optional
 
 from rlkd_ray.config import RLKDConfig
+from rlkd_ray.process_guard import start_guard
 
 # Settings of a loopback cluster started here (never of a cluster we joined); the Makefile exports
 # the same for the processes it starts.
@@ -19,30 +21,37 @@ LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
                  "TOKENIZERS_PARALLELISM": "false"}
 
 
-def init_ray(cfg: RLKDConfig) -> bool:
-    """Join or start a cluster. Returns True when this process started it (and so shuts it down)."""
+def init_ray(cfg: RLKDConfig) -> Optional[int]:
+    """Join or start a cluster. When this process starts it (and so shuts it down), returns the pipe
+    end that keeps its process guard waiting; None otherwise."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-        return False
+        return None
     for k, v in LOCAL_RAY_ENV.items():
         os.environ.setdefault(k, v)
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}})
-    return True
+    guard = start_guard()
+    try:
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}})
+    except BaseException:
+        os.close(guard)
+        raise
+    return guard
 
 
 @contextlib.contextmanager
 def ray_session(cfg: RLKDConfig) -> Iterator[None]:
     import ray
 
-    started_here = init_ray(cfg)
+    guard = init_ray(cfg)
     try:
         yield
     finally:
-        if started_here:
+        if guard is not None:
             ray.shutdown()
+            os.close(guard)  # the guard ends what shutdown left, if anything

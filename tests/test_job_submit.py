@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -92,3 +93,55 @@ def test_ray_job_submit_trains(ray_head, tiny_model_path, cache_dir, tmp_path):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1]
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_000001"
+
+
+def test_ray_job_stop_checkpoints_names_it_and_ends_the_actors(ray_head, tiny_model_path, cache_dir, tmp_path):
+    """`ray job stop` sends SIGTERM: the job stops at a safe point, checkpoints, names the checkpoint
+    in its log, and its actors end. The job gets more than Ray's default 3 s before SIGKILL."""
+    from ray.util.state import list_actors
+
+    from rlkd_ray.controller import checkpointing
+
+    address, env = ray_head
+    run_dir = tmp_path / "run"
+    job_id = f"rlkd-stop-{os.getpid()}"
+    runtime_env = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "180"}})
+    submit = ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
+              "--submission-id", job_id, "--runtime-env-json", runtime_env, "--",
+              "python", "-m", "rlkd_ray.cli", "train", "--config", "conf/local.yaml", f"model.student={tiny_model_path}",
+              f"model.gsrm={tiny_model_path}", f"paths.run_dir={run_dir}", f"paths.cache_dir={cache_dir}",
+              "trainer.total_steps=50", "trainer.save_every=1", "trainer.eval_every=0", "data.train.limit=8",
+              "rollout.engine.backend=hf", "reward.engine.backend=hf", "rollout.max_new_tokens=16",
+              "reward.decompose_max_new_tokens=16", "logging.progress=false", "logging.tensorboard=false"]
+    for _ in range(12):  # the head's job agent starts a little after its HTTP server (bounded wait)
+        out = subprocess.run(submit, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        if "No available agent to submit job" not in out.stdout + out.stderr:
+            break
+        time.sleep(10)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+
+    def logs() -> str:
+        return subprocess.run(["ray", "job", "logs", "--address", address, job_id], env=env, capture_output=True,
+                              text=True, timeout=60).stdout
+
+    deadline = time.time() + 600
+    while not (run_dir / "checkpoints" / "latest").exists():
+        assert time.time() < deadline, logs()[-4000:]
+        time.sleep(1)
+    stop = subprocess.run(["ray", "job", "stop", "--address", address, job_id], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    status = subprocess.run(["ray", "job", "status", "--address", address, job_id], env=env, capture_output=True,
+                            text=True, timeout=60).stdout
+    assert "was stopped" in status, status
+
+    log = logs()
+    assert "rlkd: SIGTERM: stopping after the step in flight (last checkpoint: " in log, log[-4000:]
+    assert "Traceback" not in log, log[-4000:]
+    stopped = re.search(r"rlkd train: stopped by SIGTERM after step (\d+) of 50; last checkpoint: (\S+);", log)
+    assert stopped, log[-4000:]
+    step, ckpt = int(stopped.group(1)), Path(stopped.group(2))
+    assert ckpt == checkpointing.step_dir(run_dir, step) == checkpointing.latest_checkpoint(run_dir)
+    ours = {"Learner", "RolloutWorker", "RewardWorker", "Control"}
+    alive = [a.class_name for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])]
+    assert not ours & set(alive), alive

@@ -191,7 +191,11 @@ def test_distill_baseline_saves_a_loadable_model(ray_cluster, tiny_model_path, t
             f.write(json.dumps(row) + "\n")
     cfg = sft_config(tmp_path, "sft.task=distill", f"model.student={tiny_model_path}", "data.name=traces",
                      "data.train.kind=file", f"data.train.path={traces}", "data.eval=[]", "sft.optim.lr=1e-3")
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # an earlier SFT run's
     summary = run_sft(cfg)
+    assert summary.hf_dir == str(tmp_path / "sft" / "version_1" / "hf")  # a folder of its own
+    assert (tmp_path / "sft" / "metrics.jsonl").read_text() == '{"step": 1, "loss": 9.0}\n'
     assert (summary.task, summary.examples, summary.steps) == ("distill", 4, 2)
     model = AutoModelForCausalLM.from_pretrained(summary.hf_dir)
     tok = AutoTokenizer.from_pretrained(summary.hf_dir)

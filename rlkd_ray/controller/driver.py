@@ -15,9 +15,9 @@ The calls in flight are typed events, kept where the driver reads them: rollouts
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Union
 
 import ray
@@ -34,7 +34,9 @@ from rlkd_ray.controller.pools import ActorPool, LearnerGroup, raise_if_startup_
 from rlkd_ray.controller.progress import StepProgress
 from rlkd_ray.controller.prompt_source import PromptSource
 from rlkd_ray.controller.samples import PromptGroup
+from rlkd_ray.controller.stopping import StopRequest
 from rlkd_ray.rewards.registry import load_custom
+from rlkd_ray.run_dirs import claim_fresh, open_for_resume
 from rlkd_ray.weight_sync.channels import Load, make_channel
 
 CONTROL_POLL_S = 2.0  # how often the driver reads the pool sizes asked for by `rlkd scale`
@@ -95,16 +97,21 @@ class WorkerClasses:
 
 class Driver:
     """`with Driver(cfg) as d: summary = d.run()`; leaving the block shuts every actor down.
-    `workers` and `source` default to the real actor classes and the configured training data."""
+    `workers` and `source` default to the real actor classes and the configured training data.
 
-    def __init__(self, cfg: RLKDConfig, *, workers: Optional[WorkerClasses] = None,
-                 source: Optional[PromptSource] = None):
+    A fresh run whose `paths.run_dir` holds another run writes to a `version_N` folder under it
+    (rlkd_ray/run_dirs.py); `cfg.paths.run_dir` is set to the folder used. `stop` (set by a signal,
+    rlkd_ray/controller/stopping.py) is checked once per loop iteration."""
+
+    def __init__(self, cfg: RLKDConfig, stop: Optional[StopRequest] = None, *,
+                 workers: Optional[WorkerClasses] = None, source: Optional[PromptSource] = None):
         from actors.control import Control, control_name
 
         self.cfg = cfg
-        self.run_dir = Path(cfg.paths.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.stop = stop or StopRequest()
+        open_run_dir = open_for_resume if cfg.trainer.resume else claim_fresh
+        self.run_dir = open_run_dir(cfg.paths.run_dir, to_yaml(cfg))
+        cfg.paths.run_dir = str(self.run_dir)
         load_custom(cfg.reward.custom)  # fail here, before any actor starts, on a bad import path
         workers = workers or WorkerClasses.default()
         self.source = source or PromptSource(cfg)
@@ -121,6 +128,7 @@ class Driver:
         self.control_checked = time.monotonic()
         self.writer = MetricsWriter(self.run_dir, cfg)
         self.step = 0  # optimizer steps done
+        self.saved_step = 0  # step of the newest checkpoint (0: none)
         self.version = 0  # policy version of the learner's weights (= steps done)
         self.synced = 0  # newest version whose load was sent to every rollout worker
         self.failed_syncs: Set[int] = set()  # versions whose sync lost a rollout worker part-way
@@ -135,7 +143,9 @@ class Driver:
     def __enter__(self) -> "Driver":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is KeyboardInterrupt:  # a second signal: stop at once; Ray ends the actors
+            return
         self.close()
 
     def close(self) -> None:
@@ -157,21 +167,27 @@ class Driver:
             self.evaluate()  # the initial weights, logged at step 0
         self.step_started = time.perf_counter()
         self.last: Dict[str, float] = {}
-        while self.step < cfg.trainer.total_steps:
+        while self.step < cfg.trainer.total_steps and self.stop.reason is None:
             next_group = self.dispatch_rollouts(next_group)
             self.maybe_train()
             self.apply_control()
             ready, _ = ray.wait(self.in_flight(), num_returns=1, timeout=CONTROL_POLL_S)
             if ready:
                 self.on_ready(ready[0])
+        stopped = self.stop.reason if self.step < cfg.trainer.total_steps else None
+        if stopped:  # a safe point: the step in flight is applied, the rest dropped
+            self.finish_training()
+            for ref in self.calls:
+                ray.cancel(ref)  # a queued call is dropped; a running one finishes before the worker closes
+            self.calls.clear()
         while self.loads:
             loads, self.loads = self.loads, {}
             self.await_loads(loads)
         self.progress.close()
-        if self.step % cfg.trainer.save_every:  # the final state, unless just saved
+        if not stopped or cfg.trainer.checkpoint_on_stop:  # the final state, unless just saved
             self.save()
         return {"steps": self.step, "version": self.version, "run_dir": str(self.run_dir),
-                "checkpoint": str(checkpointing.latest_checkpoint(self.run_dir)), "last": self.last}
+                "checkpoint": self.stop.checkpoint, "stopped_by": stopped, "last": self.last}
 
     def in_flight(self) -> List[ray.ObjectRef]:
         refs = list(self.calls) + list(self.loads)
@@ -370,22 +386,48 @@ class Driver:
             self.pending_sync_time = max(self.pending_sync_time, seconds)
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save(self) -> Path:
-        ckpt = checkpointing.step_dir(self.run_dir, self.step)
-        state = {"step": self.step, "version": self.version, "seed": self.cfg.trainer.seed,
-                 "data_position": self.step * self.cfg.trainer.prompts_per_step}
-        self.learner.save(str(ckpt), state)
-        checkpointing.write_state(ckpt, state)
-        return ckpt
+    def save(self) -> None:
+        """A checkpoint of the current step (none for step 0, nor twice for one step); atomic."""
+        if self.step in (0, self.saved_step):
+            return
+        t = self.cfg.trainer
+        state = {"step": self.step, "version": self.version, "seed": t.seed, "prompts_per_step": t.prompts_per_step,
+                 "data_position": self.step * t.prompts_per_step}
+        staging = checkpointing.staging_dir(self.run_dir, self.step)
+        self.learner.save(str(staging), state)
+        self.stop.checkpoint = str(checkpointing.commit(staging, state))
+        self.saved_step = self.step
+
+    def drop_logged_after(self, step: int) -> int:
+        """Forget the metrics, samples and in-training evals of steps after `step` (logged by an
+        attempt killed before its next checkpoint; they are logged again). Returns the metrics lines
+        dropped."""
+        for folder in (self.run_dir / "eval").glob("step_*"):
+            if int(folder.name[len("step_"):]) > step:
+                shutil.rmtree(folder)
+        return self.writer.truncate_after(step)
 
     def resume(self) -> None:
-        ckpt = checkpointing.latest_checkpoint(self.run_dir)
+        """Continue from the newest complete checkpoint: learner state (weights, optimizer, LR schedule,
+        RNG), step and policy version; the data position and every sampling seed follow from the step.
+        What was logged after that step is dropped, to be logged again."""
+        ckpt = checkpointing.latest_checkpoint(self.run_dir, warn=lambda msg: print(f"resume: {msg}"))
         if ckpt is None:
-            print(f"resume: no checkpoint under {self.run_dir}/checkpoints; starting from step 0")
+            dropped = self.drop_logged_after(0)
+            print(f"resume: no complete checkpoint under {self.run_dir}/checkpoints; starting from step 0"
+                  + (f" (dropped {dropped} metrics lines of the earlier attempt)" if dropped else ""))
             return
         state = checkpointing.read_state(ckpt)
+        t = self.cfg.trainer
+        for key in ("seed", "prompts_per_step"):  # they fix the data position and the sampling seeds
+            if state.get(key, getattr(t, key)) != getattr(t, key):
+                raise ValueError(f"resume: {ckpt} was written with trainer.{key}={state[key]}, the config "
+                                 f"has {getattr(t, key)}; resume with the same value")
         self.learner.load(str(ckpt))
         self.step, self.version = state["step"], state["version"]
+        self.saved_step, self.stop.checkpoint = self.step, str(ckpt)
         self.synced, self.batcher.next_step = self.version, self.step
         self.await_loads(self.weight_loads(self.channel.publish(self.version)))
-        print(f"resume: {ckpt} (step {self.step}, policy version {self.version})")
+        dropped = self.drop_logged_after(self.step)
+        print(f"resume: {ckpt} (step {self.step}, policy version {self.version}"
+              + (f"; dropped {dropped} metrics lines logged after it)" if dropped else ")"))

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 from statistics import mean
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
@@ -24,17 +24,29 @@ class MetricsWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.samples_path = self.dir / "samples.jsonl"
-        self.tb = None
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self.tb = self._tensorboard() if cfg.tensorboard else None
         self.wandb = None
         if cfg.wandb_project:
             import wandb  # optional extra: pip install rlkd-ray[wandb]
 
             self.wandb = wandb.init(project=cfg.wandb_project, dir=str(self.dir), resume="allow",
                                     config=OmegaConf.to_container(OmegaConf.structured(run_cfg)))
+
+    def _tensorboard(self, purge_step: Optional[int] = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.dir / "tensorboard"), purge_step=purge_step)
+
+    def truncate_after(self, step: int) -> int:
+        """Forget what was logged after `step` (a resumed run logs those steps again): the lines of
+        `metrics.jsonl` and `samples.jsonl` with a later step, a cut-off last line, and TensorBoard's
+        later events. Returns the number of metrics lines dropped."""
+        dropped = _drop_lines_after(self.metrics_path, step)
+        _drop_lines_after(self.samples_path, step)
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = self._tensorboard(purge_step=step + 1)
+        return dropped
 
     def log(self, step: int, metrics: Dict[str, float]) -> None:
         with self.metrics_path.open("a") as f:
@@ -93,6 +105,25 @@ def batch_metrics(groups: List[PromptGroup], learner_version: int) -> Dict[str, 
     out["time/generate"] = sum(g.timings.get("generate", 0.0) for g in groups)
     out["time/reward"] = sum(g.timings.get("reward", 0.0) for g in groups)
     return out
+
+
+def _drop_lines_after(path: Path, step: int) -> int:
+    """Keep the JSON lines of `path` whose step is at most `step` (atomically: a temporary file,
+    then a rename). Returns how many lines were dropped."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):  # a line cut off by a kill
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    tmp.replace(path)
+    return len(lines) - len(kept)
 
 
 def read_metrics(run_dir: str | Path) -> List[Dict[str, Any]]:

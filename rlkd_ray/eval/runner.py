@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,6 +79,18 @@ def check_settings(folder: Path, settings: EvalSettings) -> None:
     if diff:
         raise EvalError(f"{folder} holds an eval with other settings ({'; '.join(diff)}); "
                         f"choose another --output folder or delete that one")
+
+
+def eval_folder(base: Path, settings: EvalSettings) -> Path:
+    """The folder of `rlkd eval`: `base` when it is new or holds an eval with the same settings (which
+    then resumes), else the first `base/version_N` that is (as rlkd_ray/run_dirs.py does for runs)."""
+    for n in itertools.count():
+        folder = base / f"version_{n}" if n else base
+        path = folder / SETTINGS_JSON
+        if not path.is_file() or json.loads(path.read_text()) == asdict(settings):
+            if folder != base:
+                print(f"[eval] {base} holds an eval with other settings; this one writes to {folder}", flush=True)
+            return folder
 
 
 def read_completed(path: Path) -> Dict[str, Dict[str, Any]]:

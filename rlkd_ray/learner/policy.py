@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
+import numpy as np
 import torch
 
 from rlkd_ray.algo.losses import entropy_from_logits, grpo_loss, logprob_gap, sft_loss, truncated_is_weights
@@ -237,7 +239,7 @@ class DeepSpeedPolicy:
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
         """DeepSpeed state (every rank) and the student in Hugging Face format (rank 0)."""
-        rng = {"torch_rng": torch.get_rng_state()}
+        rng = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state()}
         if torch.cuda.is_available():
             rng["cuda_rng"] = torch.cuda.get_rng_state()
         self.engine.save_checkpoint(ckpt_dir, tag="deepspeed", client_state=client_state | rng)
@@ -252,6 +254,8 @@ class DeepSpeedPolicy:
         if client_state is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {ckpt_dir}")
         torch.set_rng_state(client_state.pop("torch_rng"))
+        random.setstate(client_state.pop("python_rng"))
+        np.random.set_state(client_state.pop("numpy_rng"))
         if "cuda_rng" in client_state:
             torch.cuda.set_rng_state(client_state.pop("cuda_rng"))
         return client_state

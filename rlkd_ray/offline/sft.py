@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from rlkd_ray.config import ConfigError, RLKDConfig, SFTWeights, to_yaml
 from rlkd_ray.gsrm import build_decompose_messages, format_structure, parse_structure
 from rlkd_ray.gsrm.parser import FIELDS, FINAL_ANSWER_PREFIX, Structure, tag
+from rlkd_ray.run_dirs import claim_fresh
 
 Messages = List[Dict[str, str]]
 # The part of a structured target each field's content belongs to.
@@ -286,9 +287,7 @@ def run_sft(cfg: RLKDConfig) -> SFTSummary:
     steps = s.total_steps or math.ceil(s.epochs * len(rows) / s.batch_size)
     print(f"[sft] {s.task}: {len(rows)} examples ({too_long} over sft.max_seq_len left out), {steps} steps of "
           f"{s.batch_size} from {model_path}", flush=True)
-    out = Path(s.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    out = claim_fresh(s.output_dir, to_yaml(cfg))  # a folder holding an earlier SFT run: out/version_N
     writer = MetricsWriter(out, cfg)
     group = LearnerGroup(LearnerWorker, learner_config(cfg, model_path, steps))
     losses, seconds = [], []

@@ -1,0 +1,58 @@
+"""Stopping a run on a signal. SIGINT (Ctrl-C) and SIGTERM (Kubernetes, Slurm, `ray job stop`) ask
+for a stop: the driver finishes the step in flight, checkpoints (`trainer.checkpoint_on_stop`) and
+shuts its actors down. A second signal stops at once (KeyboardInterrupt; Ray ends the actors).
+
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        ...  # the driver checks `stop.reason` once per loop iteration
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import Iterator, Optional
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Why the run should stop (a signal's name), or None; and the newest checkpoint, which the
+    driver keeps up to date so that a stop can name it at once."""
+
+    def __init__(self) -> None:
+        self.reason: Optional[str] = None
+        self.signum: Optional[int] = None
+        self.checkpoint: Optional[str] = None
+
+    def request(self, signum: int) -> None:
+        self.reason, self.signum = signal.Signals(signum).name, signum
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
+    """Route SIGINT and SIGTERM to `stop` inside the block (main thread only); the previous handlers
+    come back at its end. Install it after `ray.init`, which sets a SIGTERM handler of its own."""
+
+    def handler(signum: int, frame) -> None:
+        if stop.reason is not None:  # the second signal: stop at once
+            _restore(previous)
+            raise KeyboardInterrupt
+        stop.request(signum)
+        # os.write, not print: a signal handler may interrupt a print of the main thread.
+        os.write(2, (f"\nrlkd: {stop.reason}: stopping after the step in flight (last checkpoint: "
+                     f"{stop.checkpoint or 'none yet'}); send it again to stop at once\n").encode())
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield stop
+    finally:
+        _restore(previous)
+
+
+def _restore(previous: dict) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
