@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from rlkd_ray.config import LoggingConfig
+from rlkd_ray.config import LoggingConfig, RLKDConfig
 from rlkd_ray.controller import checkpointing
 from rlkd_ray.controller.metrics import MetricsWriter, read_metrics
 
@@ -79,7 +79,7 @@ def test_no_checkpoint(tmp_path):
 
 
 def test_truncate_after_drops_later_and_cut_off_lines(tmp_path):
-    writer = MetricsWriter(tmp_path, LoggingConfig(tensorboard=True, progress=False))
+    writer = MetricsWriter(tmp_path, RLKDConfig(logging=LoggingConfig(tensorboard=True, progress=False)))
     for step in (1, 2, 3, 4):
         writer.log(step, {"loss": float(step)})
     writer.log(2, {"eval/x": 1.0})  # an eval line of step 2 stays
