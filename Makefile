@@ -13,7 +13,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install train-local prepare test test-fast lint bench bench-engines clean
+.PHONY: install train-local prepare test test-fast lint bench bench-engines reliability-doc clean
 
 install: $(STAMPS)/install
 
@@ -41,6 +41,12 @@ test: install
 
 test-fast: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+
+# The scenario tests (faults, bad input, security defaults), then docs/reliability.md from their records.
+reliability-doc: install
+	rm -rf runs/reliability
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -ra -m reliability $(PYTEST_ARGS); status=$$?; \
+	$(BIN)/python scripts/reliability_table.py && exit $$status
 
 lint: install
 	$(BIN)/ruff check .

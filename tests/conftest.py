@@ -11,6 +11,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from scenarios import pytest_collection_modifyitems, pytest_runtest_makereport, scenario  # noqa: E402,F401
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 CACHE_DIR = os.path.expanduser(os.environ.get("RLKD_TEST_CACHE", "~/.cache/rlkd"))

@@ -32,7 +32,7 @@ from rlkd_ray.controller.pools import LearnerGroup, WorkerPool
 from rlkd_ray.controller.progress import StepProgress
 from rlkd_ray.controller.prompt_source import PromptSource
 from rlkd_ray.controller.samples import PromptGroup
-from rlkd_ray.rewards.registry import load_custom
+from rlkd_ray.rewards.registry import RewardError, load_custom
 from rlkd_ray.weight_sync.channels import Load, make_channel
 
 CONTROL_POLL_S = 2.0  # how often the driver reads the pool sizes asked for by `rlkd scale`
@@ -128,7 +128,8 @@ class Trainer:
         if self.step % cfg.trainer.save_every:  # the final state, unless just saved
             self.save()
         return {"steps": self.step, "version": self.version, "run_dir": str(self.run_dir),
-                "checkpoint": str(checkpointing.latest_checkpoint(self.run_dir)), "last": self.last}
+                "checkpoint": str(checkpointing.latest_checkpoint(self.run_dir)), "left_out": self.source.left_out,
+                "last": self.last}
 
     def apply_control(self) -> None:
         """Resize the pools to what `rlkd scale` last asked for (checked every few seconds, never
@@ -208,6 +209,8 @@ class Trainer:
             self.faults["reward_resent"] += 1
             self.send_reward(*event.payload)
             return
+        except RewardError as e:  # a custom reward's bug: its own message, without the remote traceback
+            raise RewardError(str(getattr(e, "cause", e))) from None
         if len(group.samples) != self.cfg.rollout.group_size:
             raise RuntimeError(f"group {group.uid}: {len(group.samples)} samples, "
                                f"expected rollout.group_size={self.cfg.rollout.group_size}")
@@ -249,7 +252,7 @@ class Trainer:
             "faults/reward_resent": self.faults["reward_resent"],
             "faults/workers_replaced": self.rollouts.replacements + self.rewards.replacements,
             "pool/rollout_workers": len(self.rollouts), "pool/reward_workers": len(self.rewards),
-        })
+        } | {f"data/{reason}": n for reason, n in self.source.left_out.items()})
         self.writer.log(self.step, metrics)
         if self.step % self.cfg.trainer.sample_log_every == 0:
             self.writer.log_samples(self.step, groups, self.cfg.trainer.num_logged_samples)

@@ -101,12 +101,12 @@ class GroupScorer:
         counters = {"judge_non_answers": 0, "student_parse_failures": 0, "teacher_parse_failures": 0,
                     "unscorable_accuracy": 0}
         pos = 0
-        for sample, student, reqs in zip(group.samples, students, per_sample):
+        for j, (sample, student, reqs) in enumerate(zip(group.samples, students, per_sample)):
             verdicts, pos = flat[pos: pos + len(reqs)], pos + len(reqs)
             score = score_from_verdicts(teacher, student, reqs, verdicts, self.cfg.normalize_structure)
             components = self.rules.components(
-                {"completion": sample.text, "answer": problem.answer, "problem": problem.problem,
-                 "teacher_reasoning": problem.teacher_reasoning})
+                {"id": f"{group.uid}/{j}", "problem_id": problem.id, "completion": sample.text,
+                 "answer": problem.answer, "problem": problem.problem, "teacher_reasoning": problem.teacher_reasoning})
             components["structure"] = score.total
             sample.rewards = components
             sample.total = self.rules.total(components)
