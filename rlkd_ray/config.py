@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -495,6 +496,10 @@ def validate(cfg: RLKDConfig) -> None:
             raise ConfigError(f"'reward.custom[{i}].fn' must be 'module:function', got {c.fn!r}")
     validate_ranges(cfg)
     validate_model_paths(cfg)
+    key_env = cfg.annotate.api_key_env
+    if key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key_env):
+        raise ConfigError("'annotate.api_key_env' must be the name of the environment variable that holds the API "
+                          "key (letters, digits, _), never the key itself; its value is not shown here")
 
 
 def _check(ok: bool, key: str, value: Any, need: str) -> None:
