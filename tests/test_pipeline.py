@@ -134,8 +134,10 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
 
 @pytest.mark.parametrize("weight_sync,backend", [("object_store", "hf"), ("broadcast", "vllm")])
 def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir, tiny_model_path, tmp_path,
-                                                          weight_sync, backend):
-    """Also the weight-sync channels: with `broadcast` (gloo here, NCCL on GPUs) the replacement worker
+                                                          weight_sync, backend, scenario):
+    """A rollout worker killed during generate and a reward worker killed during scoring.
+
+    Also the weight-sync channels: with `broadcast` (gloo here, NCCL on GPUs) the replacement worker
     makes the group form anew; at the end every rollout worker holds the learner's weights."""
     import ray
 
@@ -198,6 +200,11 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
     assert last["faults/workers_replaced"] >= len(killed)
     if "reward" in killed:
         assert last["faults/reward_resent"] >= 1
+    scenario.record("fault", f"{' and '.join(killed)} worker killed mid-call ({weight_sync} weight sync, {backend} "
+                             "rollout engine)",
+                    survived="both steps, every group trained exactly once; replacements load the current weights",
+                    lost="nothing", killed=len(killed), rollout_resent=last["faults/rollout_resent"],
+                    reward_resent=last["faults/reward_resent"], workers_replaced=last["faults/workers_replaced"])
 
 
 def test_worker_that_cannot_start_stops_the_run(ray_cluster, cache_dir, tiny_model_path, tmp_path):
