@@ -154,3 +154,47 @@ def test_annotate_api_key_never_written_or_printed(tmp_path, scenario):
                                 "the key pasted as the variable name",
                     survived="the key only in the Authorization header; echoed text redacted; a pasted key refused "
                              "without echo", lost="nothing", files_checked=len(written))
+
+
+# -- the local Ray cluster ----------------------------------------------------------------------------
+PROBE = r"""
+import json, os, psutil, ray
+from rlkd_ray.config import load_config
+from rlkd_ray.ray_session import ray_session
+
+with ray_session(load_config(None, ["ray.num_cpus=1"])):
+    ray.get(ray.remote(os.getpid).remote())
+    me, out = psutil.Process(), []
+    for p in [me] + me.children(recursive=True):
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    out.append([p.name(), " ".join(p.cmdline())[:300], c.laddr.ip, c.laddr.port])
+        except psutil.Error:
+            pass
+    print("SOCKETS " + json.dumps(out), flush=True)
+"""
+LOOPBACK_IPS = ("127.0.0.1", "::1")
+WILDCARD_IPS = ("0.0.0.0", "::")
+
+
+@pytest.mark.slow
+def test_local_ray_cluster_listens_on_loopback(scenario):
+    """security: the Ray head of `rlkd` on one machine: no dashboard or job server, nothing on the node's own address"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("SOCKETS ")), None)
+    assert line, done.stdout[-2000:] + done.stderr[-2000:]
+    sockets = json.loads(line[len("SOCKETS "):])
+    assert sockets, "no listening socket found: the probe saw no Ray process"
+    dashboard = [s for s in sockets if "dashboard/dashboard.py" in s[1] or s[3] == 8265]
+    assert dashboard == [], f"a dashboard or job server is listening: {dashboard}"
+    on_node_address = [s for s in sockets if s[2] not in LOOPBACK_IPS + WILDCARD_IPS]
+    assert on_node_address == [], f"listening on a non-loopback address: {on_node_address}"
+    wildcard = sorted({s[0] for s in sockets if s[2] in WILDCARD_IPS})
+    exposed = (f"not loopback-only yet: Ray 2.60's gRPC servers ({', '.join(wildcard)}) bind every interface "
+               "whatever the node address; on a shared host, firewall their ports" if wildcard else "nothing")
+    scenario.record("security", "local Ray cluster started by rlkd (ray_session): what listens where",
+                    survived="no dashboard, no job server; nothing on the machine's network address", lost=exposed,
+                    loopback=sum(s[2] in LOOPBACK_IPS for s in sockets),
+                    all_interfaces=sum(s[2] in WILDCARD_IPS for s in sockets))

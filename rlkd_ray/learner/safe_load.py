@@ -3,7 +3,8 @@
 DeepSpeed's own checkpoint engine calls `torch.load(..., weights_only=False)`, which runs whatever a
 pickled object asks for; a checkpoint folder is a path the user passes (`paths.run_dir` on resume).
 `WeightsOnlyCheckpointEngine` reads the same files with `weights_only=True`: tensors, numbers,
-strings and plain containers only. A file that holds anything else is refused and named.
+strings, plain containers and a few plain-data DeepSpeed classes only. A file that holds anything
+else is refused and named.
 """
 
 from __future__ import annotations
@@ -18,10 +19,20 @@ class UnsafeCheckpoint(RuntimeError):
     """A checkpoint file that holds pickled objects beyond tensors and plain containers."""
 
 
+def _deepspeed_state_classes() -> list:
+    """The plain-data classes of DeepSpeed's ZeRO optimizer states (a loss scaler, the slice address of
+    each parameter), rebuilt from their fields: nothing of theirs runs while loading."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, fragment_address]
+
+
 class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
     def load(self, path: str, map_location=None):
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            with torch.serialization.safe_globals(_deepspeed_state_classes()):
+                return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             reason = str(e).strip().split("\n")[-1] or type(e).__name__
             raise UnsafeCheckpoint(f"{path}: refused, it holds pickled objects other than tensors and plain "
