@@ -83,15 +83,21 @@ def test_checkpoint_files_are_read_weights_only(tmp_path, scenario):
 
     engine = WeightsOnlyCheckpointEngine()
     good = tmp_path / "mp_rank_00_model_states.pt"
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
     state = {"module": {"w": torch.ones(2)}, "global_steps": 3, "ds_version": "0.19.8", "shapes": [torch.Size([2])],
-             "names": {"a", "b"}, "torch_rng": torch.get_rng_state()}
+             "names": {"a", "b"}, "torch_rng": torch.get_rng_state(),  # as in DeepSpeed's model states
+             "optimizer_state_dict": {"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.gradients}}  # ZeRO-2
     torch.save(state, good)
     loaded = engine.load(str(good))
     assert torch.equal(loaded["module"]["w"], torch.ones(2)) and loaded["global_steps"] == 3
+    assert loaded["optimizer_state_dict"]["zero_stage"] == ZeroStageEnum.gradients
+    assert loaded["optimizer_state_dict"]["loss_scaler"].cur_scale == 1.0
     marker = tmp_path / "payload-ran"
     evil = tmp_path / "evil_model_states.pt"
     torch.save({"module": {}, "client_state": Payload(str(marker))}, evil)
-    with pytest.raises(UnsafeCheckpoint, match=rf"^{evil}: refused, it holds pickled objects"):
+    with pytest.raises(UnsafeCheckpoint, match=rf"^{evil}: refused, it holds pickled objects.*: Unsupported global: GLOBAL "):
         engine.load(str(evil))
     assert not marker.exists()  # the payload never ran
     scenario.record("security", "resume from a checkpoint file that holds pickled code",

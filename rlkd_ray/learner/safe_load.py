@@ -20,12 +20,13 @@ class UnsafeCheckpoint(RuntimeError):
 
 
 def _deepspeed_state_classes() -> list:
-    """The plain-data classes of DeepSpeed's ZeRO optimizer states (a loss scaler, the slice address of
-    each parameter), rebuilt from their fields: nothing of theirs runs while loading."""
+    """The plain-data classes of DeepSpeed's ZeRO-1/2 optimizer states (the loss scaler, the stage enum,
+    the slice address of each parameter), rebuilt from their fields: nothing of theirs runs while loading."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, DynamicLossScaler, fragment_address]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
@@ -34,7 +35,8 @@ class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
             with torch.serialization.safe_globals(_deepspeed_state_classes()):
                 return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
-            reason = str(e).strip().split("\n")[-1] or type(e).__name__
+            lines = [line.strip() for line in str(e).split("\n") if "Unsupported global" in line]
+            reason = lines[0].split(" was not")[0] if lines else type(e).__name__
             raise UnsafeCheckpoint(f"{path}: refused, it holds pickled objects other than tensors and plain "
                                    f"containers (loaded with weights_only=True): {reason}") from None
 
