@@ -20,7 +20,7 @@ class UnsafeCheckpoint(RuntimeError):
 
 
 def _deepspeed_state_classes() -> list:
-    """The plain-data classes of DeepSpeed's ZeRO-1/2 optimizer states (the loss scaler, the stage enum,
+    """The plain-data classes of DeepSpeed's ZeRO optimizer states (the loss scaler, the stage enum,
     the slice address of each parameter), rebuilt from their fields: nothing of theirs runs while loading."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
