@@ -169,7 +169,7 @@ from rlkd_ray.config import load_config
 from rlkd_ray.ray_session import ray_session
 
 with ray_session(load_config(None, ["ray.num_cpus=1"])):
-    ray.get(ray.remote(os.getpid).remote())
+    ray.get(ray.remote(lambda: os.getpid()).remote())
     me, out = psutil.Process(), []
     for p in [me] + me.children(recursive=True):
         try:
