@@ -13,7 +13,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install train-local prepare test test-fast lint repro-mini bench bench-engines clean
+.PHONY: install train-local prepare test test-fast lint repro-mini bench bench-engines reliability-doc clean
 
 install: $(STAMPS)/install
 
@@ -45,6 +45,11 @@ test-fast: install
 # The miniature RLKD vs GRPO vs SFT experiment (hours on 2 cores); re-running continues where it stopped.
 repro-mini: prepare
 	$(BIN)/python -m rlkd_ray.experiments.mini --config conf/experiments/repro_mini.yaml $(ARGS)
+# The scenario tests (faults, bad input, security defaults), then docs/reliability.md from their records.
+reliability-doc: install
+	rm -rf runs/reliability
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -ra -m reliability $(PYTEST_ARGS); status=$$?; \
+	$(BIN)/python scripts/reliability_table.py && exit $$status
 
 lint: install
 	$(BIN)/ruff check .

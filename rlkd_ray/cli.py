@@ -150,8 +150,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as e:
         print(f"rlkd: config error: {e}", file=sys.stderr)
         return 2
-    COMMANDS[args.command][0](cfg, args)
+    try:
+        COMMANDS[args.command][0](cfg, args)
+    except _input_errors() as e:  # bad data or a custom reward's bug: the message names the file/row or sample
+        print(f"rlkd {args.command}: {e}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _input_errors() -> tuple:
+    """Errors about the user's input whose message says everything (evaluated only when one propagates,
+    so that `rlkd` starts without importing the data stack)."""
+    from rlkd_ray.data import DataError
+    from rlkd_ray.rewards import RewardError
+
+    return ConfigError, DataError, RewardError
 
 
 if __name__ == "__main__":

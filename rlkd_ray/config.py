@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -110,12 +112,17 @@ class RewardWeights:
 
 @dataclass
 class CustomReward:
-    """A reward of your own: `fn(sample) -> float` with `sample = {completion, answer, problem,
-    teacher_reasoning}`. Its module must be importable on the reward workers (an installed package, or a
-    file in the job's `--working-dir`); the driver imports it before any actor starts."""
+    """A reward of your own: `fn(sample) -> float` with `sample = {id, problem_id, completion, answer,
+    problem, teacher_reasoning}` (`id` is `<group uid>/<index in the group>`). Its module must be importable
+    on the reward workers (an installed package, or a file in the job's `--working-dir`); the driver imports
+    it before any actor starts. Importing it runs that module's code on the driver and every reward worker:
+    an import path is code execution by design, so a config is as trusted as the code it names. A function
+    that raises, or returns anything but a finite number, stops the run naming the reward and the sample."""
 
     name: str = "???"  # its component name in the metrics
-    fn: str = "???"  # import path `package.module:function`, called as fn(sample) -> float
+    # import path `package.module:function`, called as fn(sample) -> float; the driver and every reward worker
+    # import it and so run its code: code execution by design (use only configs you would run code from)
+    fn: str = "???"
     weight: float = 1.0
 
 
@@ -537,6 +544,73 @@ def validate(cfg: RLKDConfig) -> None:
     for i, c in enumerate(cfg.reward.custom):
         if ":" not in c.fn:
             raise ConfigError(f"'reward.custom[{i}].fn' must be 'module:function', got {c.fn!r}")
+    validate_ranges(cfg)
+    validate_model_paths(cfg)
+    key_env = cfg.annotate.api_key_env
+    if key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key_env):
+        raise ConfigError("'annotate.api_key_env' must be the name of the environment variable that holds the API "
+                          "key (letters, digits, _), never the key itself; its value is not shown here")
+
+
+def _check(ok: bool, key: str, value: Any, need: str) -> None:
+    if not ok:
+        raise ConfigError(f"'{key}' must be {need}, got {value!r}")
+
+
+def validate_ranges(cfg: RLKDConfig) -> None:
+    """Numbers outside the range where they mean anything; each error names the key and the value."""
+    t, r, a = cfg.trainer, cfg.rollout, cfg.algo
+    for key, value in {"trainer.total_steps": t.total_steps, "trainer.save_every": t.save_every,
+                       "trainer.sample_log_every": t.sample_log_every, "rollout.max_prompt_tokens": r.max_prompt_tokens,
+                       "reward.decompose_max_new_tokens": cfg.reward.decompose_max_new_tokens}.items():
+        _check(value >= 1, key, value, ">= 1")
+    for name, optim in (("learner.optim", cfg.learner.optim), ("sft.optim", cfg.sft.optim)):
+        _check(math.isfinite(optim.lr) and optim.lr > 0, f"{name}.lr", optim.lr, "a finite number > 0")
+        _check(0 <= optim.warmup_ratio <= 1, f"{name}.warmup_ratio", optim.warmup_ratio, "in [0, 1]")
+        _check(optim.weight_decay >= 0, f"{name}.weight_decay", optim.weight_decay, ">= 0")
+        _check(optim.grad_clip >= 0, f"{name}.grad_clip", optim.grad_clip, ">= 0 (0: no clipping)")
+        _check(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), f"{name}.betas", optim.betas,
+               "two numbers in [0, 1)")
+    _check(math.isfinite(r.temperature) and r.temperature >= 0, "rollout.temperature", r.temperature, ">= 0")
+    if r.temperature == 0 and r.group_size > 1:
+        raise ConfigError(f"'rollout.temperature' is 0 (greedy) with rollout.group_size={r.group_size}: the "
+                          "completions of a group would be identical and every advantage 0; use a temperature > 0")
+    _check(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "in (0, 1]")
+    _check(r.top_k == -1 or r.top_k >= 1, "rollout.top_k", r.top_k, "-1 (off) or >= 1")
+    if r.max_prompt_tokens + r.max_new_tokens > r.engine.max_model_len:
+        raise ConfigError(f"rollout.max_prompt_tokens + rollout.max_new_tokens = {r.max_prompt_tokens + r.max_new_tokens} "
+                          f"is over 'rollout.engine.max_model_len' = {r.engine.max_model_len}")
+    _check(a.clip_eps > 0, "algo.clip_eps", a.clip_eps, "> 0")
+    _check(a.kl_beta >= 0, "algo.kl_beta", a.kl_beta, ">= 0 (0: no KL term, no reference model)")
+    _check(a.std_eps > 0, "algo.std_eps", a.std_eps, "> 0")
+    _check(a.entropy_coef >= 0, "algo.entropy_coef", a.entropy_coef, ">= 0")
+    weights = {f"reward.weights.{k}": v for k, v in vars(cfg.reward.weights).items()}
+    weights |= {f"reward.custom[{i}].weight": c.weight for i, c in enumerate(cfg.reward.custom)}
+    for key, value in weights.items():
+        _check(math.isfinite(value), key, value, "a finite number")
+    _check(0 <= cfg.reward.judge_min_prob <= 1, "reward.judge_min_prob", cfg.reward.judge_min_prob, "in [0, 1]")
+
+
+# Model fields that are written as a filesystem path (not a hub id `org/name` or a packaged name).
+_PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+def validate_model_paths(cfg: RLKDConfig) -> None:
+    """A model given as a path must be a Hugging Face model folder; a run checkpoint is named as such."""
+    for role in ("student", "reference", "gsrm", "judge"):
+        value = getattr(cfg.model, role)
+        if not value or not value.startswith(_PATH_PREFIXES):
+            continue
+        folder = Path(value).expanduser()
+        if not folder.exists():
+            raise ConfigError(f"'model.{role}' is {value!r}, which does not exist")
+        if not folder.is_dir():
+            raise ConfigError(f"'model.{role}' is {value!r}, which is a file; give the model's folder")
+        if (folder / "config.json").is_file():
+            continue
+        if (folder / "hf" / "config.json").is_file():
+            raise ConfigError(f"'model.{role}' is {value!r}, a training checkpoint; its model is in {folder / 'hf'}")
+        raise ConfigError(f"'model.{role}' is {value!r}, which is not a Hugging Face model folder (no config.json)")
 
 
 def validate_arith(cfg: RLKDConfig) -> None:

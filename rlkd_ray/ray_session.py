@@ -19,6 +19,7 @@ from rlkd_ray.process_guard import start_guard
 # the same for the processes it starts.
 LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                  "TOKENIZERS_PARALLELISM": "false"}
+LOOPBACK = "127.0.0.1"
 
 
 def init_ray(cfg: RLKDConfig) -> Optional[int]:
@@ -36,8 +37,9 @@ def init_ray(cfg: RLKDConfig) -> Optional[int]:
         os.environ.setdefault(k, v)
     guard = start_guard()
     try:
+        # Loopback: the node's address is 127.0.0.1 and no dashboard or job server starts.
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}})
+                 _node_ip_address=LOOPBACK, runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV}})
     except BaseException:
         os.close(guard)
         raise

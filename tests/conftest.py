@@ -12,6 +12,7 @@ from rlkd_ray.ray_session import LOCAL_RAY_ENV
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 for key, value in LOCAL_RAY_ENV.items():
     os.environ.setdefault(key, value)
+from scenarios import pytest_collection_modifyitems, pytest_runtest_makereport, scenario  # noqa: E402,F401
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 CACHE_DIR = os.path.expanduser(os.environ.get("RLKD_TEST_CACHE", "~/.cache/rlkd"))

@@ -135,8 +135,10 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
 
 @pytest.mark.parametrize("weight_sync,backend", [("object_store", "hf"), ("broadcast", "vllm")])
 def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir, tiny_model_path, tmp_path,
-                                                          weight_sync, backend):
-    """Also the weight-sync channels: with `broadcast` (gloo here, NCCL on GPUs) the replacement worker
+                                                          weight_sync, backend, scenario):
+    """A rollout worker killed during generate and a reward worker killed during scoring.
+
+    Also the weight-sync channels: with `broadcast` (gloo here, NCCL on GPUs) the replacement worker
     makes the group form anew; at the end every rollout worker holds the learner's weights."""
     import ray
 
@@ -199,14 +201,23 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
     assert last["faults/workers_replaced"] >= len(killed)
     if "reward" in killed:
         assert last["faults/reward_resent"] >= 1
+    scenario.record("fault", f"{' and '.join(killed)} worker killed mid-call ({weight_sync} weight sync, {backend} "
+                             "rollout engine)",
+                    survived="both steps, every group trained exactly once; replacements load the current weights",
+                    lost="nothing", killed=len(killed), rollout_resent=last["faults/rollout_resent"],
+                    reward_resent=last["faults/reward_resent"], workers_replaced=last["faults/workers_replaced"])
 
 
 def test_worker_that_cannot_start_stops_the_run(ray_cluster, cache_dir, tiny_model_path, tmp_path):
-    """A constructor error (here: a GSRM path that does not exist) is reported, not retried forever."""
+    """A constructor error (here: a GSRM folder whose config.json is not a model's) is reported, not
+    retried forever. (A path that does not exist fails earlier, at config load: tests/test_bad_input.py.)"""
     from rlkd_ray.controller.driver import Driver
 
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
     cfg = run_cfg(tmp_path / "run", cache_dir, f"model.student={tiny_model_path}",
-                  f"model.gsrm={tmp_path / 'no-such-model'}", "trainer.total_steps=1")
+                  f"model.gsrm={broken}", "trainer.total_steps=1")
     with pytest.raises(RuntimeError, match="reward worker failed to start"):
         with Driver(cfg) as driver:
             driver.run()

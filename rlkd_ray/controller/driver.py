@@ -35,7 +35,7 @@ from rlkd_ray.controller.progress import StepProgress
 from rlkd_ray.controller.prompt_source import PromptSource
 from rlkd_ray.controller.samples import PromptGroup
 from rlkd_ray.controller.stopping import StopRequest
-from rlkd_ray.rewards.registry import load_custom
+from rlkd_ray.rewards.registry import RewardError, load_custom
 from rlkd_ray.run_dirs import claim_fresh, open_for_resume
 from rlkd_ray.weight_sync.channels import Load, make_channel
 
@@ -187,7 +187,8 @@ class Driver:
         if not stopped or cfg.trainer.checkpoint_on_stop:  # the final state, unless just saved
             self.save()
         return {"steps": self.step, "version": self.version, "run_dir": str(self.run_dir),
-                "checkpoint": self.stop.checkpoint, "stopped_by": stopped, "last": self.last}
+                "checkpoint": self.stop.checkpoint, "stopped_by": stopped, "left_out": self.source.left_out,
+                "last": self.last}
 
     def in_flight(self) -> List[ray.ObjectRef]:
         refs = list(self.calls) + list(self.loads)
@@ -276,6 +277,8 @@ class Driver:
             self.reward_resent += 1
             self.send_reward(event.group, event.result)
             return
+        except RewardError as e:  # a custom reward's bug: its own message, without the remote traceback
+            raise RewardError(str(getattr(e, "cause", e))) from None
         self.batcher.add(group)
 
     # -- learner ---------------------------------------------------------------------------------
@@ -317,7 +320,7 @@ class Driver:
             "faults/reward_resent": self.reward_resent,
             "faults/workers_replaced": self.rollouts.replacements + self.rewards.replacements,
             "pool/rollout_workers": len(self.rollouts), "pool/reward_workers": len(self.rewards),
-        })
+        } | {f"data/{reason}": n for reason, n in self.source.left_out.items()})
         self.writer.log(self.step, metrics)
         if self.step % self.cfg.trainer.sample_log_every == 0:
             self.writer.log_samples(self.step, groups, self.cfg.trainer.num_logged_samples)

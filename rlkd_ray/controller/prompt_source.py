@@ -3,7 +3,8 @@ student's chat (its template, the prompt messages, the text the template forces 
 
 The order is a pure function of (seed, epoch), so the data position of step s is s·P and a resumed
 run sees exactly the prompts it would have seen. Problems whose prompt is over
-`rollout.max_prompt_tokens` are left out once, at start, and counted on stdout.
+`rollout.max_prompt_tokens` are left out once, at start, and counted (`left_out`, with the bad rows
+that `data.skip_bad_rows` skipped).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import ConfigError, PromptExample, RLKDConfig
 from rlkd_ray.controller.samples import Problem, PromptGroup
-from rlkd_ray.data import load_split, prepare_data
+from rlkd_ray.data import DataError, load_split, prepare_data
 from rlkd_ray.data.structure_control import shuffled_structures
 from rlkd_ray.engines.base import PromptTooLong, build_prompt_ids, pad_token_id
 
@@ -91,7 +92,7 @@ class PromptSource:
                                            cfg.rollout.chat_template)
         self.completion_prefix = forced_prefix(self.tokenizer)
         self.pad_id = pad_token_id(self.tokenizer)
-        prepare_data(cfg.data, cfg.paths.cache_dir)
+        prepared = prepare_data(cfg.data, cfg.paths.cache_dir)
         dataset = load_split(cfg.paths.cache_dir, cfg.data.name, "train")
         self.problems: List[Problem] = []
         self.prompt_ids: List[List[int]] = []
@@ -112,9 +113,12 @@ class PromptSource:
         if too_long:
             print(f"data: left out {too_long} of {len(dataset)} problems whose prompt is over "
                   f"rollout.max_prompt_tokens={cfg.rollout.max_prompt_tokens}")
+        # Rows left out, by reason: in every step's metrics (`data/<reason>`) and the run's summary.
+        self.left_out = {"bad_rows": prepared.bad_rows, "prompts_too_long": too_long}
         self._order_epoch, self._order = -1, None
         if not self.problems:
-            raise ValueError(f"data '{cfg.data.name}': no training problem fits rollout.max_prompt_tokens")
+            raise DataError(f"data {cfg.data.name!r}: no training problem fits rollout.max_prompt_tokens="
+                            f"{cfg.rollout.max_prompt_tokens}")
 
     def __len__(self) -> int:
         return len(self.problems)

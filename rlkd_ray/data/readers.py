@@ -24,9 +24,16 @@ class Records(NamedTuple):
 
 
 def read_jsonl(path: Path) -> Iterator[Tuple[int, Any]]:
+    """A line that is not UTF-8 or not JSON yields a `BadRow` naming it (a byte-order mark is allowed)."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with opener(path, "rb") as f:
+        for line_no, raw in _lines(f, path):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield line_no, BadRow(f"{path} row {line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} "
+                                      f"at column {e.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -35,8 +42,20 @@ def read_jsonl(path: Path) -> Iterator[Tuple[int, Any]]:
                 yield line_no, BadRow(f"{path} row {line_no}: not valid JSON ({e.msg} at column {e.colno})")
 
 
+def _lines(f, path: Path) -> Iterator[Tuple[int, bytes]]:
+    try:
+        yield from enumerate(f, start=1)
+    except (gzip.BadGzipFile, EOFError) as e:  # not gzip, or cut short
+        raise DataError(f"{path}: not a readable gzip file ({e})") from None
+
+
 def _read_json(path: Path) -> Records:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of row objects, got {type(data).__name__}")
     return Records(str(path), enumerate(data, start=1), len(data))
@@ -45,7 +64,10 @@ def _read_json(path: Path) -> Records:
 def _read_parquet(path: Path) -> Records:
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(path)
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
 
     def rows() -> Iterator[Tuple[int, Any]]:
         row_no = 0

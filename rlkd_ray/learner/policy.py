@@ -86,6 +86,8 @@ class DeepSpeedPolicy:
         import deepspeed.ops
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from rlkd_ray.learner.safe_load import use_weights_only_loads
+
         self.cfg = cfg
         self.rank = int(os.environ["RANK"])
         self.world_size = int(os.environ["WORLD_SIZE"])
@@ -110,6 +112,7 @@ class DeepSpeedPolicy:
             optimizer, lr_lambda(cfg.trainer.total_steps, optim.warmup_ratio, optim.schedule))
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))
+        use_weights_only_loads(self.engine)  # resume never unpickles code from a checkpoint folder
         self.reference = None
         if cfg.algo.kl_beta > 0:
             self.reference = AutoModelForCausalLM.from_pretrained(reference_path or student_path, dtype=dtype)

@@ -102,6 +102,7 @@ class ChatClient:
 
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
         self.max_retries, self.backoff_s, self.backoff_max_s = max_retries, backoff_s, backoff_max_s
+        self._key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=base_url.rstrip("/") + "/", headers=headers, timeout=timeout_s,
                                   limits=httpx.Limits(max_connections=connections))
@@ -123,9 +124,12 @@ class ChatClient:
                 reason = f"{type(e).__name__}: {e}"
             else:
                 if response.status_code == 200:
-                    return _reply_of(response)
+                    try:
+                        return _reply_of(response)
+                    except RequestRejected as e:
+                        raise RequestRejected(self._redact(str(e))) from None
                 if response.status_code not in RETRY_STATUS:
-                    raise RequestRejected(f"HTTP {response.status_code}: {response.text[:300]}")
+                    raise RequestRejected(f"HTTP {response.status_code}: {self._redact(response.text[:300])}")
                 reason = f"HTTP {response.status_code}"
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             if attempt == self.max_retries:
@@ -135,6 +139,10 @@ class ChatClient:
                 delay = retry_delay(attempt, self.backoff_s, self.backoff_max_s, retry_after, self._rng)
             time.sleep(delay)
             attempt += 1
+
+    def _redact(self, text: str) -> str:
+        """An endpoint's text with the API key cut out (some echo the Authorization header in errors)."""
+        return text.replace(self._key, "<api key>") if self._key else text
 
     def close(self) -> None:
         self._http.close()

@@ -1,6 +1,7 @@
 """Rule rewards (accuracy, format, tag count), custom rewards and the weighted total."""
 
 from rlkd_ray.rewards.registry import (
+    RewardError,
     RuleRewards,
     call_custom,
     load_custom,
@@ -17,6 +18,7 @@ from rlkd_ray.rewards.rules import (
 
 __all__ = [
     "Accuracy",
+    "RewardError",
     "RuleRewards",
     "accuracy_reward",
     "call_custom",

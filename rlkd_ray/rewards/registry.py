@@ -52,14 +52,27 @@ def load_custom(custom: List[CustomReward]) -> List[Tuple[str, CustomFn, float]]
     return loaded
 
 
+class RewardError(ValueError):
+    """A custom reward function that raised or returned something other than a finite number; the
+    message names the reward, its function and the sample."""
+
+
+def _sample_label(sample: Mapping) -> str:
+    sid = sample.get("id")
+    return f"sample {sid!r}" + (f" (problem {sample['problem_id']!r})" if "problem_id" in sample else "") \
+        if sid is not None else "a sample without an 'id' field"
+
+
 def call_custom(name: str, fn: CustomFn, sample: dict) -> float:
-    """fn(sample), which must return a finite real number."""
-    value = fn(sample)
+    """fn(sample), which must return a finite real number; anything else is a RewardError naming the
+    sample (`sample['id']`)."""
+    where = f"custom reward {name!r} ({fn.__module__}.{fn.__qualname__})"
+    try:
+        value = fn(sample)
+    except Exception as e:
+        raise RewardError(f"{where} raised {type(e).__name__}: {e} on {_sample_label(sample)}") from e
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(
-            f"custom reward {name!r} ({fn.__module__}.{fn.__qualname__}) returned {value!r}; "
-            "it must return a finite float"
-        )
+        raise RewardError(f"{where} returned {value!r} for {_sample_label(sample)}; it must return a finite float")
     return float(value)
 
 

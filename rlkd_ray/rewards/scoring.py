@@ -142,10 +142,10 @@ class GroupScorer:
         problem = group.problem
         counters = {"judge_non_answers": 0, "student_parse_failures": 0, "teacher_parse_failures": 0,
                     "unscorable_accuracy": 0}
-        for sample in group.samples:  # format and tags on the text as the model sees it: forced prefix + completion
+        for j, sample in enumerate(group.samples):  # format and tags on the text as the model sees it
             sample.rewards = self.rules.components(
-                {"completion": group.completion_prefix + sample.text, "answer": problem.answer, "problem": problem.problem,
-                 "teacher_reasoning": problem.teacher_reasoning})
+                {"id": f"{group.uid}/{j}", "problem_id": problem.id, "completion": group.completion_prefix + sample.text,
+                 "answer": problem.answer, "problem": problem.problem, "teacher_reasoning": problem.teacher_reasoning})
             counters["unscorable_accuracy"] += sample.rewards["accuracy"] is None
         if scores_structure(self.cfg):  # the generative outcome-only baseline decomposes and judges nothing
             self.score_structure(group, counters)
