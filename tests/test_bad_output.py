@@ -90,7 +90,8 @@ def test_empty_and_all_padding_completions_train_as_zero_reward(scenario):
                               kl_beta=0.0, kl_estimator="k3", num_tokens=batch.num_tokens)
     assert torch.isfinite(loss) and all(math.isfinite(v) for v in metrics.values())
     empty_only = build_batch([PromptGroup("s0-p1", 0, group.problem, [5], 1, samples=samples[:1])], pad_id=pad)
-    loss, _ = grpo_loss(torch.zeros_like(empty_only.behaviour_logprobs), empty_only.behaviour_logprobs, None, empty_only.advantages,
+    behaviour = empty_only.behaviour_logprobs
+    loss, _ = grpo_loss(torch.zeros_like(behaviour), behaviour, None, empty_only.advantages,
                         empty_only.loss_mask, clip_eps=0.2, kl_beta=0.0, kl_estimator="k3",
                         num_tokens=empty_only.num_tokens)
     assert empty_only.num_tokens == 0 and loss.item() == 0.0  # no token to learn from: a zero loss, not NaN
