@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from rlkd_ray.config import ConfigError, RLKDConfig, load_config, to_yaml
+from rlkd_ray.controller.preflight import check_shared_paths
 from rlkd_ray.eval.command import add_eval_arguments, cmd_eval
 from rlkd_ray.offline.annotate import cmd_annotate
 from rlkd_ray.offline.sft import cmd_sft
@@ -96,6 +97,10 @@ COMMANDS = {
 ARGUMENTS = {"eval": add_eval_arguments, "compare": add_compare_arguments, "report": add_report_arguments,
              "prepare-structures": add_structures_arguments}
 RUN_DIR_COMMANDS = ("compare", "report")
+# The paths each command writes to, which must be absolute on a Ray cluster it joins (every node sees them).
+SHARED_PATHS = {"train": ("paths.run_dir", "paths.cache_dir"), "sft": ("paths.cache_dir", "sft.output_dir"),
+                "prepare-data": ("paths.cache_dir",), "prepare-assets": ("paths.cache_dir",),
+                "prepare-structures": ("paths.cache_dir",), "eval": ("paths.cache_dir",)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -122,10 +127,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides.append("data.skip_bad_rows=true")
     try:
         cfg = load_config(args.config, overrides)
+        check_shared_paths(cfg, SHARED_PATHS.get(args.command, ()))
     except ConfigError as e:
         print(f"rlkd: config error: {e}", file=sys.stderr)
         return 2
-    COMMANDS[args.command][0](cfg, args)
+    try:
+        COMMANDS[args.command][0](cfg, args)
+    except ConfigError as e:  # found before any work started (e.g. an engine context longer than its model's)
+        print(f"rlkd: config error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -500,10 +500,12 @@ def validate(cfg: RLKDConfig) -> None:
         tp = p.engine.tensor_parallel_size
         if tp < 1:
             raise ConfigError(f"'{pool}.engine.tensor_parallel_size' must be >= 1, got {tp}")
-        if tp > 1 and (p.engine.backend != "vllm" or not 0 < p.num_gpus <= 1):
+        # vLLM's Ray executor asks one whole GPU per worker (VLLM_RAY_PER_WORKER_GPUS=1): bundles of a
+        # fraction of a GPU never fit it, and the engine would wait for them forever.
+        if tp > 1 and (p.engine.backend != "vllm" or p.num_gpus != 1):
             raise ConfigError(f"'{pool}.engine.tensor_parallel_size' is {tp}, which needs backend vllm and "
-                              f"0 < {pool}.num_gpus <= 1 (GPUs per rank); got backend {p.engine.backend}, "
-                              f"num_gpus {p.num_gpus}")
+                              f"{pool}.num_gpus = 1 (one whole GPU per tensor-parallel rank); got backend "
+                              f"{p.engine.backend}, num_gpus {p.num_gpus}")
     validate_gsrm_context(cfg)
     for i, c in enumerate(cfg.reward.custom):
         if ":" not in c.fn:

@@ -19,6 +19,7 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
 
 def write_state(ckpt: Path, state: dict) -> None:
     """The trainer state, then `latest` (atomically): a checkpoint is complete once `latest` names it."""
+    ckpt.mkdir(parents=True, exist_ok=True)  # the learners may have written theirs on another node
     (ckpt / STATE_FILE).write_text(json.dumps(state, indent=1))
     latest = ckpt.parent / "latest"
     tmp = latest.with_suffix(".tmp")

@@ -29,6 +29,7 @@ from rlkd_ray.controller.batching import build_batch
 from rlkd_ray.controller.metrics import MetricsWriter, batch_metrics
 from rlkd_ray.controller.placement import start_engine_actor
 from rlkd_ray.controller.pools import LearnerGroup, WorkerPool
+from rlkd_ray.controller.preflight import check_model_lengths
 from rlkd_ray.controller.progress import StepProgress
 from rlkd_ray.controller.prompt_source import PromptSource
 from rlkd_ray.controller.samples import PromptGroup
@@ -56,6 +57,7 @@ class Trainer:
         from actors.rollout import RolloutWorker
 
         self.cfg = cfg
+        check_model_lengths(cfg)  # before any actor starts (each would fail on its own otherwise)
         self.run_dir = Path(cfg.paths.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
