@@ -55,7 +55,9 @@ class EngineConfig:
     backend: str = "hf"  # hf (transformers) | vllm
     max_model_len: int = 5120  # prompt + completion tokens
     kv_cache_gib: float = 4.0  # vLLM KV-cache cap (CPU: VLLM_CPU_KVCACHE_SPACE)
-    gpu_memory_utilization: float = 0.4  # vLLM on GPU: the share of the GPU's memory it may take
+    # vLLM on GPU: the share of each GPU's memory an engine with whole GPUs takes; engines sharing a GPU
+    # (the pool's num_gpus < 1, or a reward worker's separate judge) take this x their share of it each
+    gpu_memory_utilization: float = 0.4
     # vLLM only: GPUs per engine, one placement group of that many GPU bundles on one node
     tensor_parallel_size: int = 1
     enforce_eager: bool = True  # vLLM: no CUDA graphs (faster start, slower decoding)
