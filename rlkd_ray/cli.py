@@ -47,11 +47,15 @@ def cmd_prepare_data(cfg: RLKDConfig, args) -> None:
 
 
 def cmd_train(cfg: RLKDConfig, args) -> None:
-    from rlkd_ray.controller.driver import Trainer
+    from rlkd_ray.controller.driver import LearnerLost, Trainer
 
     t0 = time.perf_counter()
-    with ray_session(cfg), Trainer(cfg) as trainer:
-        summary = trainer.run()
+    try:
+        with ray_session(cfg), Trainer(cfg) as trainer:
+            summary = trainer.run()
+    except LearnerLost as e:  # every actor is shut down by now
+        print(f"rlkd train: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({k: v for k, v in summary.items() if k != "last"}, indent=1))
     print(f"metrics:    {summary['run_dir']}/metrics.jsonl (TensorBoard: {summary['run_dir']}/tensorboard)")

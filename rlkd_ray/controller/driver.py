@@ -232,7 +232,11 @@ class Trainer:
 
     def on_train(self, ref: ray.ObjectRef, event: _Event) -> None:
         refs, groups = event.payload
-        learner_metrics = self.learner.reduce_metrics(ray.get(refs))
+        try:
+            per_rank = ray.get(refs)
+        except RayActorError as e:
+            raise LearnerLost(learner_lost_message(self.run_dir, self.step, "a train step")) from e
+        learner_metrics = self.learner.reduce_metrics(per_rank)
         train_time = time.perf_counter() - event.started
         metrics = batch_metrics(groups, self.version)
         del self.batches[self.step]
@@ -304,8 +308,9 @@ class Trainer:
         try:
             seconds = ray.get(ref)
         except RayActorError as e:
-            if event.wid is None:
-                raise
+            if event.wid is None:  # under NCCL, the watchdog ends a learner whose broadcast timed out
+                raise LearnerLost(learner_lost_message(self.run_dir, self.step,
+                                                       f"the weight sync of version {event.payload}")) from e
             _raise_if_startup_failure(e, "rollout")
             self.failed_syncs.add(event.payload)
             self.channel.broken()
@@ -339,6 +344,20 @@ class Trainer:
         self.await_loads(self.channel.publish(self.version))
         print(f"resume: {ckpt} (step {self.step}, policy version {self.version})")
 
+
+
+class LearnerLost(RuntimeError):
+    """A learner rank died: the run stops (the learner's state lives only in its ranks)."""
+
+
+def learner_lost_message(run_dir: Path, step: int, during: str) -> str:
+    """What stopped the run and where to resume from."""
+    ckpt = checkpointing.latest_checkpoint(run_dir)
+    resume = (f"the last checkpoint is {ckpt} (step {checkpointing.read_state(ckpt)['step']}): resume with "
+              "trainer.resume=true" if ckpt else "no checkpoint was written yet: the run starts again from step 0")
+    return (f"a learner rank died during {during} after step {step}; the run stops, {resume}. With "
+            "cluster.weight_sync=broadcast on GPUs, a rollout worker lost during a broadcast ends the learner too: "
+            "NCCL's watchdog ends every process whose collective outlives cluster.sync_timeout_s")
 
 
 def _raise_if_startup_failure(error: RayActorError, pool: str) -> None:
