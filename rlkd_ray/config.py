@@ -176,6 +176,11 @@ class LearnerConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage, 0-3
     micro_batch_size: int = 4  # sequences per forward/backward
     gradient_checkpointing: bool = False
+    # positions per float32 chunk of the log-softmax / entropy over the vocabulary (bounds its memory)
+    logprob_chunk_tokens: int = 1024
+    # the frozen KL reference: replicated (a full copy on every rank) | sharded (ZeRO-3 over the learner
+    # ranks) | offload (ZeRO-3, parameters in CPU memory, fetched layer by layer)
+    reference_memory: str = "replicated"
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -448,6 +453,7 @@ _CHOICES = {
     "sft.task": ("gsrm", "distill"),
     "sft.optim.schedule": ("constant_with_warmup", "cosine"),
     "cluster.weight_sync": ("object_store", "broadcast"),
+    "learner.reference_memory": ("replicated", "sharded", "offload"),
 }
 
 
@@ -463,6 +469,7 @@ def validate(cfg: RLKDConfig) -> None:
         "reward.num_workers": cfg.reward.num_workers,
         "learner.world_size": cfg.learner.world_size,
         "learner.micro_batch_size": cfg.learner.micro_batch_size,
+        "learner.logprob_chunk_tokens": cfg.learner.logprob_chunk_tokens,
         "trainer.prompts_per_step": cfg.trainer.prompts_per_step,
         "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
         "annotate.concurrency": cfg.annotate.concurrency,

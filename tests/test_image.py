@@ -70,3 +70,22 @@ def test_rayignore_keeps_the_job_package_to_code_and_configs():
     tops = {p.split("/", 1)[0] for p in shipped}
     assert {"rlkd_ray", "actors", "conf", "scripts", "setup.cfg"} <= tops, tops
     assert not tops & {".git", ".venv", "runs", "tests", "docs", "benchmarks"}, tops
+
+
+def test_rayjob_uses_absolute_configs_and_a_read_write_many_volume():
+    import shlex
+
+    import yaml
+
+    from rlkd_ray.config import load_config
+    from rlkd_ray.controller.preflight import check_shared_paths
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "docker" / "rayjob.yaml").read_text())}
+    assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    for command in docs["RayJob"]["spec"]["entrypoint"].split("&&"):
+        argv = shlex.split(command)
+        config = argv[argv.index("--config") + 1]
+        assert config.startswith("/app/conf/"), command  # the image's WORKDIR is /app
+        cfg = load_config(REPO / config.removeprefix("/app/"), [a for a in argv if "=" in a])
+        check_shared_paths(cfg, ["paths.run_dir", "paths.cache_dir"])  # passes, although no RAY_ADDRESS ...
+        assert Path(cfg.paths.run_dir).is_absolute() and Path(cfg.paths.cache_dir).is_absolute()  # ... because of these
