@@ -4,8 +4,8 @@ log-probs of rlkd_ray/learner/policy.py. Prints a markdown table for docs/memory
 
     python benchmarks/learner_memory.py [--cache-dir DIR] [--tokens 1024] [--batch 1]
 
-The peak is the highest net allocation the torch profiler sees during the micro-batch (weights and
-their gradients' storage that exist before it are not counted; gradients it allocates are). Models:
+The peak is the highest net allocation the torch profiler sees during the micro-batch (the weights,
+allocated before it, are not counted; the gradients, allocated by it, are). Models:
 a 2-layer model with SmolLM2's vocabulary (as tests/conftest.py builds it) and SmolLM2-135M-Instruct,
 both float32 on CPU.
 """
@@ -59,9 +59,13 @@ def peak_bytes(fn) -> int:
         fn()
     path = tempfile.mktemp(suffix=".json")
     prof.export_chrome_trace(path)
-    events = [e for e in json.load(open(path))["traceEvents"] if e.get("name") == "[memory]"]
+    events = sorted((e for e in json.load(open(path))["traceEvents"] if e.get("name") == "[memory]"),
+                    key=lambda e: e["ts"])
     os.remove(path)
-    return max(e["args"]["Total Allocated"] for e in events)
+    # "Total Allocated" carries over what earlier profiled runs allocated and freed outside a profile
+    # (the gradients): the level before this run's first event is the baseline
+    base = events[0]["args"]["Total Allocated"] - events[0]["args"]["Bytes"]
+    return max(e["args"]["Total Allocated"] for e in events) - base
 
 
 def measure(name: str, model_dir: str, tokens: int, batch: int, chunk: int) -> dict:

@@ -177,7 +177,7 @@ class LearnerConfig:
     micro_batch_size: int = 4  # sequences per forward/backward
     gradient_checkpointing: bool = False
     # positions per float32 chunk of the log-softmax / entropy over the vocabulary (bounds its memory)
-    logprob_chunk_tokens: int = 1024
+    logprob_chunk_tokens: int = 512
     # the frozen KL reference: replicated (a full copy on every rank) | sharded (ZeRO-3 over the learner
     # ranks) | offload (ZeRO-3, parameters in CPU memory, fetched layer by layer)
     reference_memory: str = "replicated"

@@ -397,6 +397,7 @@ def multi_gpu_checks(path: str) -> None:
             "reward.num_gpus=1", "reward.num_cpus=2", "reward.engine.gpu_memory_utilization=0.5",
             "reward.engine.cpu_cores=null", "learner.num_gpus=1", "learner.num_cpus=2",
             "cluster.weight_sync=broadcast", "trainer.total_steps=2", "trainer.save_every=1", "trainer.eval_every=0",
+            "ray.address=local",  # a cluster of this node only, whatever $RAY_ADDRESS says
             "rollout.max_new_tokens=64", "reward.decompose_max_new_tokens=64"])
         with ray_session(cfg), Trainer(cfg) as trainer:
             summary = trainer.run()
