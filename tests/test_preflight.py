@@ -40,7 +40,8 @@ def test_too_long_rollout_context_names_both_numbers(student_path):
 
 def test_prompt_plus_completion_must_fit_the_rollout_engine(student_path):
     cfg = load_config(CONF / "local.yaml", [f"model.student={student_path}", f"model.gsrm={student_path}",
-                                             "rollout.max_prompt_tokens=512", "rollout.max_new_tokens=600"])
+                                             "rollout.max_prompt_tokens=512", "rollout.max_new_tokens=600",
+                                             "reward.engine.max_model_len=4096"])
     with pytest.raises(ConfigError, match=r"512 \+ 600 = 1112 exceeds rollout.engine.max_model_len=1024"):
         check_model_lengths(cfg)
 
