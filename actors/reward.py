@@ -31,9 +31,9 @@ class RewardWorker:
         cache = cfg.paths.cache_dir
         gsrm_path = resolve_model(cfg.model.gsrm, cache)
         judge_path = resolve_model(cfg.model.judge, cache) if cfg.model.judge else gsrm_path
-        self.engines = [make_engine(cfg.reward.engine, gsrm_path, cfg.model.dtype, seed=index)]
-        if judge_path != gsrm_path:
-            self.engines.append(make_engine(cfg.reward.engine, judge_path, cfg.model.dtype, seed=index))
+        paths = [gsrm_path] + ([judge_path] if judge_path != gsrm_path else [])
+        gpus = cfg.reward.num_gpus / len(paths)  # a separate judge engine shares the worker's GPU(s)
+        self.engines = [make_engine(cfg.reward.engine, p, cfg.model.dtype, seed=index, gpus=gpus) for p in paths]
         gsrm_tok = AutoTokenizer.from_pretrained(gsrm_path)
         judge_tok = gsrm_tok if judge_path == gsrm_path else AutoTokenizer.from_pretrained(judge_path)
         self.scorer = GroupScorer(cfg.reward, self.engines[0], self.engines[-1], gsrm_tok, judge_tok)

@@ -22,7 +22,8 @@ class RolloutWorker:
         set_threads(cfg.rollout.num_cpus, cfg.rollout.engine.cpu_threads)
         self.cfg = cfg
         path = resolve_model(cfg.model.student, cfg.paths.cache_dir)
-        self.engine = make_engine(cfg.rollout.engine, path, cfg.model.dtype, seed=cfg.trainer.seed + index)
+        self.engine = make_engine(cfg.rollout.engine, path, cfg.model.dtype, seed=cfg.trainer.seed + index,
+                                  gpus=cfg.rollout.num_gpus)
 
     @ray.method(num_returns=2)
     def generate(self, group: PromptGroup) -> Tuple[dict, PromptGroup]:

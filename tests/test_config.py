@@ -33,7 +33,7 @@ def test_gsrm_context_must_hold_a_full_length_path():
     its group keep theirs (a hidden length penalty): such a config is refused, naming the numbers."""
     with pytest.raises(ConfigError, match=r"'reward\.engine\.max_model_len' is 8192.*rollout\.max_new_tokens 4096 "
                                           r"\+ prompt overhead 2304 .*reward\.decompose_max_new_tokens 10000 = 16400"):
-        load_config("conf/cluster.yaml", ["reward.engine.max_model_len=8192"])
+        load_config("conf/cluster.yaml", ["reward.engine.max_model_len=8192", "rollout.max_new_tokens=4096"])
     load_config("conf/cluster.yaml", ["reward.engine.max_model_len=8192", "reward.weights.structure=0"])  # no GSRM
     for name in ("rlkd", "cluster", "cluster_multinode", "local"):
         load_config(f"conf/{name}.yaml")

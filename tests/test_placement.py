@@ -81,6 +81,9 @@ def test_broadcast_sync_and_tensor_parallel_config_checks():
         load_config(CONF / "cluster.yaml", ["reward.engine.tensor_parallel_size=2", "reward.engine.backend=hf"])
     with pytest.raises(ConfigError, match="'rollout.engine.tensor_parallel_size' is 2.*num_gpus 0.0"):
         load_config(CONF / "local.yaml", ["rollout.engine.tensor_parallel_size=2"])
+    # fractional GPUs per rank would hang: vLLM's Ray executor asks each worker for a whole GPU
+    with pytest.raises(ConfigError, match="'rollout.engine.tensor_parallel_size' is 2.*num_gpus = 1.*num_gpus 0.5"):
+        load_config(CONF / "cluster_multinode.yaml", ["rollout.num_gpus=0.5"])
 
 
 def test_tensor_parallel_engine_reserves_its_gpus_and_releases_them(ray_cluster):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Union
 
 import ray
@@ -31,6 +32,7 @@ from rlkd_ray.controller.batching import Batcher, build_batch
 from rlkd_ray.controller.metrics import MetricsWriter, batch_metrics
 from rlkd_ray.controller.placement import start_engine_actor
 from rlkd_ray.controller.pools import ActorPool, LearnerGroup, raise_if_startup_failure
+from rlkd_ray.controller.preflight import check_model_lengths
 from rlkd_ray.controller.progress import StepProgress
 from rlkd_ray.controller.prompt_source import PromptSource
 from rlkd_ray.controller.samples import PromptGroup
@@ -108,6 +110,7 @@ class Driver:
         from actors.control import Control, control_name
 
         self.cfg = cfg
+        check_model_lengths(cfg)  # before any actor starts (each would fail on its own otherwise)
         self.stop = stop or StopRequest()
         open_run_dir = open_for_resume if cfg.trainer.resume else claim_fresh
         self.run_dir = open_run_dir(cfg.paths.run_dir, to_yaml(cfg))
@@ -301,7 +304,11 @@ class Driver:
             self.on_train(event)
 
     def on_train(self, event: TrainStep) -> None:
-        learner_metrics = self.learner.reduce_metrics(ray.get(event.refs))
+        try:
+            per_rank = ray.get(event.refs)
+        except RayActorError as e:
+            raise LearnerLost(learner_lost_message(self.run_dir, self.step, "a train step")) from e
+        learner_metrics = self.learner.reduce_metrics(per_rank)
         train_time = time.perf_counter() - event.started
         groups = event.groups
         metrics = batch_metrics(groups, self.version)
@@ -374,8 +381,9 @@ class Driver:
         try:
             seconds = ray.get(ref)
         except RayActorError as e:
-            if event.wid is None:
-                raise
+            if event.wid is None:  # under NCCL, the watchdog ends a learner whose broadcast timed out
+                raise LearnerLost(learner_lost_message(self.run_dir, self.step,
+                                                       f"the weight sync of version {event.version}")) from e
             raise_if_startup_failure(e, "rollout")
             self.failed_syncs.add(event.version)
             self.channel.broken()
@@ -434,3 +442,17 @@ class Driver:
         dropped = self.drop_logged_after(self.step)
         print(f"resume: {ckpt} (step {self.step}, policy version {self.version}"
               + (f"; dropped {dropped} metrics lines logged after it)" if dropped else ")"))
+
+
+class LearnerLost(RuntimeError):
+    """A learner rank died: the run stops (the learner's state lives only in its ranks)."""
+
+
+def learner_lost_message(run_dir: Path, step: int, during: str) -> str:
+    """What stopped the run and where to resume from."""
+    ckpt = checkpointing.latest_checkpoint(run_dir)
+    resume = (f"the last checkpoint is {ckpt} (step {checkpointing.read_state(ckpt)['step']}): resume with "
+              "trainer.resume=true" if ckpt else "no checkpoint was written yet: the run starts again from step 0")
+    return (f"a learner rank died during {during} after step {step}; the run stops, {resume}. With "
+            "cluster.weight_sync=broadcast on GPUs, a rollout worker lost during a broadcast ends the learner too: "
+            "NCCL's watchdog ends every process whose collective outlives cluster.sync_timeout_s")

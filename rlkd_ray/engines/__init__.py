@@ -8,8 +8,15 @@ from rlkd_ray.engines.base import Completion, Engine, Sampling
 __all__ = ["Completion", "Engine", "Sampling", "make_engine"]
 
 
-def make_engine(engine_cfg: EngineConfig, model_path: str, dtype: str, seed: int = 0) -> Engine:
-    """The backend `engine_cfg.backend` on `model_path` (imported only when chosen)."""
+def gpu_memory_share(engine_cfg: EngineConfig, gpus: float) -> float:
+    """vLLM's gpu_memory_utilization for an engine holding `gpus` of a GPU: engines that share one
+    GPU (gpus < 1) split what one engine would take, else the second to start finds too little free."""
+    return engine_cfg.gpu_memory_utilization * gpus if 0 < gpus < 1 else engine_cfg.gpu_memory_utilization
+
+
+def make_engine(engine_cfg: EngineConfig, model_path: str, dtype: str, seed: int = 0, gpus: float = 1.0) -> Engine:
+    """The backend `engine_cfg.backend` on `model_path` (imported only when chosen); `gpus` is the
+    pool's `num_gpus` (per tensor-parallel rank)."""
     if engine_cfg.backend == "hf":
         from rlkd_ray.engines.hf import HFEngine
 
@@ -34,7 +41,7 @@ def make_engine(engine_cfg: EngineConfig, model_path: str, dtype: str, seed: int
             seed=seed,
             threads=engine_cfg.cpu_threads,
             cpu_cores=engine_cfg.cpu_cores,
-            gpu_memory_utilization=engine_cfg.gpu_memory_utilization,
+            gpu_memory_utilization=gpu_memory_share(engine_cfg, gpus),
             tensor_parallel_size=engine_cfg.tensor_parallel_size,
         )
     raise ValueError(f"engine backend {engine_cfg.backend!r}: choose hf or vllm")

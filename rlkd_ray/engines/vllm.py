@@ -128,8 +128,10 @@ class VLLMEngine:
         return [[out.outputs[0].logprobs[0][t].logprob for t in ids] for out in outputs]
 
     def load_weights(self, version: int, weights: Dict[str, torch.Tensor]) -> None:
-        """Reload the full state in place (one call into the worker), then drop cached prefixes."""
-        self.llm.collective_rpc("rlkd_reload_weights", args=(self._checked(weights),))
+        """Reload the full state in place (one call into each worker), then drop cached prefixes.
+        Tensor-parallel workers are Ray actors: they get one object-store reference, not the state
+        pickled into the arguments of every worker's call."""
+        self.llm.collective_rpc("rlkd_reload_weights", args=(weights_payload(self._checked(weights), self.sync_ranks),))
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache after the weight update")
         self.version = version
@@ -189,11 +191,30 @@ def checkpoint_folder(model_path: str) -> str:
     return snapshot_download(model_path, allow_patterns=["*.safetensors"], local_files_only=True)
 
 
+def weights_payload(weights: Dict[str, torch.Tensor], workers: int):
+    """What `rlkd_reload_weights` is called with: the state itself for the in-process worker, else
+    [its object-store reference] (a list, so that Ray hands the reference over unresolved)."""
+    if workers == 1:
+        return weights
+    import ray
+
+    return [ray.put(weights)]
+
+
+def payload_weights(payload) -> Dict[str, torch.Tensor]:
+    """The state of a `weights_payload`, inside a worker."""
+    if isinstance(payload, dict):
+        return payload
+    import ray
+
+    return ray.get(payload[0])
+
+
 class WeightSync:
     """Mixed into vLLM's worker class (`worker_extension_cls`), called through `collective_rpc`."""
 
-    def rlkd_reload_weights(self, weights: Dict[str, torch.Tensor]) -> None:
-        self.reload_weights(weights_iterator=iter(weights.items()))
+    def rlkd_reload_weights(self, payload) -> None:
+        self.reload_weights(weights_iterator=iter(payload_weights(payload).items()))
         self._rlkd_after_reload()
 
     def rlkd_join_weight_sync(self, host: str, port: int, first_rank: int, world_size: int, timeout_s: float,

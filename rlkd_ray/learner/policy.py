@@ -12,30 +12,108 @@ import os
 import random
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from rlkd_ray.algo.losses import entropy_from_logits, grpo_loss, logprob_gap, sft_loss, truncated_is_weights
-from rlkd_ray.config import RLKDConfig
+from rlkd_ray.config import LearnerConfig, RLKDConfig
 from rlkd_ray.controller.batching import TrainBatch, micro_batches, shard
 from rlkd_ray.engines.base import torch_dtype
-from rlkd_ray.weight_sync.protocol import alias_key, send
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
-                   with_entropy: bool = False):
+                   with_entropy: bool = False, entropy_grad: bool = False,
+                   chunk_tokens: int = LearnerConfig.logprob_chunk_tokens):
     """log softmax(logits / T) of each token given its prefix, aligned to token positions
-    (position 0, which has no prefix, gets 0). The behaviour policy of the engines is the same."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    if temperature > 0:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    logp = torch.nn.functional.pad(logp, (1, 0))
+    (position 0, which has no prefix, gets 0). The behaviour policy of the engines is the same.
+
+    Only what the loss needs is computed, `chunk_tokens` positions at a time in float32
+    (`sampled_logprobs`, `token_entropy`): no full-vocabulary float32 tensor is built or kept for the
+    backward pass. The entropy (with_entropy) has gradients only with `entropy_grad`."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    logp = torch.nn.functional.pad(sampled_logprobs(logits, input_ids, temperature, chunk_tokens), (1, 0))
     if not with_entropy:
         return logp, None
-    return logp, torch.nn.functional.pad(entropy_from_logits(logits), (1, 0))
+    if entropy_grad:
+        entropy = token_entropy(logits, temperature, chunk_tokens)
+    else:
+        with torch.no_grad():
+            entropy = token_entropy(logits, temperature, chunk_tokens)
+    return logp, torch.nn.functional.pad(entropy, (1, 0))
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 logits / T (greedy, T = 0: the logits themselves)."""
+    z = logits.float()
+    return z / temperature if temperature > 0 else z
+
+
+def _row_chunks(logits: torch.Tensor, chunk_tokens: int) -> Iterator[tuple]:
+    """(batch row, position slice) over the positions that predict a next token (all but the last),
+    `chunk_tokens` at a time: each `logits[b, s]` is a contiguous [n, V] block."""
+    positions = logits.shape[1] - 1
+    for b in range(logits.shape[0]):
+        for start in range(0, positions, chunk_tokens):
+            yield b, slice(start, min(start + chunk_tokens, positions))
+
+
+class _SampledLogProbs(torch.autograd.Function):
+    """log softmax(logits / T)[next token], chunk by chunk. Backward keeps only the logits (in the
+    model's dtype) and one float32 log-normaliser per position, and rebuilds the softmax per chunk:
+    d logp_t / d z_t = (onehot(x_t+1) - softmax(z_t / T)) / T."""
+
+    @staticmethod
+    def forward(ctx, logits, input_ids, temperature, chunk_tokens):
+        B, L, _ = logits.shape
+        out = torch.zeros(B, L - 1, dtype=torch.float32, device=logits.device)
+        lse = torch.zeros_like(out)
+        targets = input_ids[:, 1:]
+        for b, s in _row_chunks(logits, chunk_tokens):
+            z = _scaled(logits[b, s], temperature)
+            lse[b, s] = torch.logsumexp(z, dim=-1)
+            out[b, s] = z.gather(-1, targets[b, s, None]).squeeze(-1) - lse[b, s]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature, ctx.chunk_tokens = temperature, chunk_tokens
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, targets, lse = ctx.saved_tensors
+        T = ctx.temperature
+        grad = torch.zeros_like(logits)
+        for b, s in _row_chunks(logits, ctx.chunk_tokens):
+            g = grad_out[b, s].float()
+            # -softmax(z/T) * g, plus g at the sampled token; / T for the temperature
+            chunk = torch.exp(_scaled(logits[b, s], T) - lse[b, s, None]).mul_(-g[:, None])
+            chunk.scatter_add_(-1, targets[b, s, None], g[:, None])
+            if T > 0:
+                chunk.div_(T)
+            grad[b, s] = chunk.to(grad.dtype)
+        return grad, None, None, None
+
+
+def sampled_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float,
+                     chunk_tokens: int) -> torch.Tensor:
+    """[B, L-1] float32 log-probs of tokens 1..L-1 under softmax(logits[:, :-1] / T)."""
+    return _SampledLogProbs.apply(logits, input_ids, temperature, chunk_tokens)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float, chunk_tokens: int) -> torch.Tensor:
+    """[B, L-1] entropy of softmax(logits[:, :-1] / T), chunk by chunk. With gradients, each chunk is
+    recomputed in the backward pass (activation checkpointing) instead of keeping its float32 softmax."""
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_entropy(z: torch.Tensor) -> torch.Tensor:
+        return entropy_from_logits(_scaled(z, temperature))
+
+    rows = []
+    for b in range(logits.shape[0]):
+        parts = [checkpoint(chunk_entropy, logits[b, s], use_reentrant=False) if torch.is_grad_enabled()
+                 else chunk_entropy(logits[b, s]) for _, s in _row_chunks(logits[b : b + 1], chunk_tokens)]
+        rows.append(torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float32))
+    return torch.stack(rows)
 
 
 def learner_autocast(dtype: Optional[str]):
@@ -115,8 +193,26 @@ class DeepSpeedPolicy:
         use_weights_only_loads(self.engine)  # resume never unpickles code from a checkpoint folder
         self.reference = None
         if cfg.algo.kl_beta > 0:
-            self.reference = AutoModelForCausalLM.from_pretrained(reference_path or student_path, dtype=dtype)
-            self.reference.to(self.device).eval().requires_grad_(False)
+            self.reference = self._frozen_reference(reference_path or student_path, dtype)
+
+    def _frozen_reference(self, path: str, dtype: torch.dtype):
+        """The KL reference, as `learner.reference_memory` asks: a full copy on this rank's device, or
+        a ZeRO-3 engine without optimizer whose shards are spread over the ranks (or kept in CPU memory)
+        and gathered layer by layer in its forward pass."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval().requires_grad_(False)
+        if self.cfg.learner.reference_memory == "replicated":
+            return model.to(self.device)
+        config = deepspeed_config(self.cfg)
+        config.pop("gradient_clipping")
+        config["zero_optimization"] = {"stage": 3}
+        if self.cfg.learner.reference_memory == "offload":
+            config["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": self.device.type == "cuda"}
+        engine, _, _, _ = deepspeed.initialize(model=model, config=config)
+        engine.eval()
+        return engine
 
     # -- the GRPO step -------------------------------------------------------------------------
     def train_step(self, batch: TrainBatch) -> Dict[str, float]:
@@ -128,8 +224,9 @@ class DeepSpeedPolicy:
         tis = algo.tis or cfg.trainer.max_staleness > 0
 
         def micro_loss(mb: TrainBatch) -> torch.Tensor:
-            logp, entropy = token_logprobs(self.engine, mb.input_ids, mb.attention_mask,
-                                           cfg.rollout.temperature, with_entropy=True)
+            logp, entropy = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, cfg.rollout.temperature,
+                                           with_entropy=True, entropy_grad=algo.entropy_coef != 0,
+                                           chunk_tokens=cfg.learner.logprob_chunk_tokens)
             # One update per batch, as the paper's code: π_old is the learner itself, this forward's
             # log-probs detached (ratio exactly 1, gradient ∇log π; no extra pass, no engine numerics).
             old_logp = logp.detach()
@@ -138,7 +235,7 @@ class DeepSpeedPolicy:
             if self.reference is not None:
                 with torch.no_grad():
                     ref_logp, _ = token_logprobs(self.reference, mb.input_ids, mb.attention_mask,
-                                                 cfg.rollout.temperature)
+                                                 cfg.rollout.temperature, chunk_tokens=cfg.learner.logprob_chunk_tokens)
             loss, metrics = grpo_loss(
                 logp, old_logp, ref_logp, mb.advantages, mb.loss_mask,
                 clip_eps=algo.clip_eps, kl_beta=algo.kl_beta, kl_estimator=algo.kl_estimator,
@@ -170,7 +267,8 @@ class DeepSpeedPolicy:
         sums = {"loss_sum": 0.0, "weight": 0.0, "nll_sum": 0.0, "tokens": 0.0}
 
         def micro_loss(mb: TrainBatch) -> torch.Tensor:
-            logp, _ = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, temperature=1.0)
+            logp, _ = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, temperature=1.0,
+                                     chunk_tokens=self.cfg.learner.logprob_chunk_tokens)
             loss, metrics = sft_loss(logp, mb.loss_mask, normaliser=total_weight)
             weight, tokens = float(mb.loss_mask.sum().item()), float((mb.loss_mask > 0).sum().item())
             sums["loss_sum"] += metrics["loss"] * weight
@@ -217,28 +315,88 @@ class DeepSpeedPolicy:
         return float(torch.nn.utils.get_total_norm(grads).item())
 
     # -- weights and checkpoints ---------------------------------------------------------------
+    def _named_weights(self) -> Tuple[List[Tuple[str, torch.Tensor]], Dict[str, str]]:
+        """([(name, parameter or buffer)] of the state dict, each tensor once, in its order;
+        {alias: name} of the names that share a tensor, e.g. a tied lm_head). Under ZeRO-3 these are
+        the partitioned parameters (`ds_shape` holds the full shape)."""
+        first: Dict[int, str] = {}
+        named, aliases = [], {}
+        for name, t in self.engine.module.state_dict(keep_vars=True).items():
+            if id(t) in first:
+                aliases[name] = first[id(t)]
+            else:
+                first[id(t)] = name
+                named.append((name, t))
+        return named, aliases
+
     @contextmanager
-    def full_state(self) -> Iterator[Dict[str, torch.Tensor]]:
-        """The full state dict, where the parameters live, inside the block (ZeRO-3 shards gathered;
-        collective: every rank enters it)."""
+    def _gathered(self, tensors: List[torch.Tensor]) -> Iterator[None]:
+        """Under ZeRO-3, the full data of these parameters inside the block (collective: every rank
+        enters it with the same tensors); a no-op otherwise."""
         import deepspeed
 
-        module = self.engine.module
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None,
-                                               enabled=self.cfg.learner.zero_stage == 3):
-            yield module.state_dict()
+        params = [t for t in tensors if hasattr(t, "ds_id")]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None,
+                                               enabled=self.cfg.learner.zero_stage == 3 and bool(params)):
+            yield
+
+    def _manifest(self, named: List[Tuple[str, torch.Tensor]]):
+        from rlkd_ray.weight_sync.protocol import TensorSpec, dtype_name
+
+        return [TensorSpec(n, tuple(getattr(t, "ds_shape", t.shape)), dtype_name(t.dtype)) for n, t in named]
 
     def gather_weights(self) -> Optional[Dict[str, torch.Tensor]]:
-        """A CPU copy of the full state dict on rank 0 (the object-store sync, checkpoints)."""
-        with self.full_state() as state:
-            return _cpu_copy(state) if self.rank == 0 else None
+        """A CPU copy of the full state dict on rank 0 (the object-store sync, checkpoints), tied names
+        sharing one tensor. ZeRO-3 shards are gathered `cluster.bucket_mb` at a time, never all at once
+        (collective: every rank calls it)."""
+        from rlkd_ray.weight_sync.protocol import plan_buckets
+
+        named, aliases = self._named_weights()
+        out: Dict[str, torch.Tensor] = {}
+        for bucket in plan_buckets(self._manifest(named), self.cfg.cluster.bucket_mb * 2**20):
+            whole = [named[s.index] for s in bucket.slots if s.start == 0]  # each tensor once, where it starts
+            with self._gathered([named[s.index][1] for s in bucket.slots]):
+                if self.rank == 0:
+                    for name, t in whole:
+                        out[name] = t.detach().to("cpu", copy=True).contiguous()
+        if self.rank != 0:
+            return None
+        out.update({alias: out[name] for alias, name in aliases.items()})
+        return {name: out[name] for name in self.engine.module.state_dict(keep_vars=True)}
 
     def broadcast_weights(self, group, version: int, bucket_bytes: int) -> Optional[float]:
         """Rank 0 sends the full state dict from where it lives (GPU memory under NCCL) through the
-        broadcast group `group` (rlkd_ray/weight_sync/protocol.py); ZeRO-3 shards are gathered first
-        (collective: every rank calls it). Returns rank 0's seconds."""
-        with self.full_state() as state:
-            return send(group, version, state, bucket_bytes).seconds if self.rank == 0 else None
+        broadcast group `group` (rlkd_ray/weight_sync/protocol.py). ZeRO-3 shards are gathered bucket
+        by bucket, each just before its broadcast (collective: every rank calls it, and hears rank 0's
+        verdict first, so a refused sync leaves no rank waiting in a gather). Returns rank 0's seconds."""
+        import time
+
+        from rlkd_ray.weight_sync.protocol import WeightSyncError, finish, offer, pack_bucket, plan_buckets
+
+        start = time.perf_counter()
+        named, _ = self._named_weights()
+        manifest = self._manifest(named)
+        plan, refused = plan_buckets(manifest, bucket_bytes), None
+        if self.rank == 0:
+            try:
+                offer(group, version, manifest, bucket_bytes)
+            except WeightSyncError as e:
+                refused = e
+        if self.world_size > 1:
+            verdict = torch.tensor([refused is not None], dtype=torch.int64, device=self.device)
+            torch.distributed.broadcast(verdict, src=0)
+            if verdict.item() and refused is None:
+                raise WeightSyncError(f"learner rank {self.rank}: rank 0's weight sync of version {version} was refused")
+        if refused is not None:
+            raise refused
+        tensors = [t for _, t in named]
+        buffer = (torch.empty(max(b.nbytes for b in plan), dtype=torch.uint8, device=self.device)
+                  if self.rank == 0 else None)
+        for bucket in plan:
+            with self._gathered([tensors[s.index] for s in bucket.slots]):
+                if self.rank == 0:
+                    group.broadcast(pack_bucket(bucket, tensors, buffer))
+        return finish(group, version, manifest, plan, start).seconds if self.rank == 0 else None
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
         """DeepSpeed state (every rank) and the student in Hugging Face format (rank 0)."""
@@ -262,19 +420,6 @@ class DeepSpeedPolicy:
         if "cuda_rng" in client_state:
             torch.cuda.set_rng_state(client_state.pop("cuda_rng"))
         return client_state
-
-
-def _cpu_copy(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """A CPU copy of a state dict in which tied weights (e.g. lm_head = embed_tokens) stay one tensor,
-    so they travel once and `save_pretrained` writes them once."""
-    copies: Dict[tuple, torch.Tensor] = {}
-    out = {}
-    for name, t in state.items():
-        key = alias_key(t)
-        if key not in copies:
-            copies[key] = t.detach().to("cpu", copy=True).contiguous()
-        out[name] = copies[key]
-    return out
 
 
 def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:

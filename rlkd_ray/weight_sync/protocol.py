@@ -291,23 +291,36 @@ class SyncStats:
 
 def send(group: SyncGroup, version: int, weights: Mapping[str, torch.Tensor], bucket_bytes: int) -> SyncStats:
     """Rank 0: broadcast `weights` (tied names once) as `version`; raises if any receiver refused it."""
-    if group.rank != 0:
-        raise WeightSyncError(f"send is rank 0's part; this member is rank {group.rank}")
     start = time.perf_counter()
     weights = unique_tensors(weights)
-    if not weights:
-        raise WeightSyncError(f"weight sync of version {version}: no tensors to send")
     manifest = manifest_of(weights)
+    plan = offer(group, version, manifest, bucket_bytes)
+    tensors = list(weights.values())
+    buffer = torch.empty(max(b.nbytes for b in plan), dtype=torch.uint8, device=group.device)
+    for bucket in plan:
+        group.broadcast(pack_bucket(bucket, tensors, buffer))
+    return finish(group, version, manifest, plan, start)
+
+
+def offer(group: SyncGroup, version: int, manifest: Sequence[TensorSpec], bucket_bytes: int) -> List[Bucket]:
+    """Rank 0's header and the group's verdict; returns the bucket plan, whose buffers rank 0 then
+    broadcasts in order (`send` does all of it; a sender that fills each bucket itself, e.g. from
+    ZeRO-3 shards gathered bucket by bucket, calls this, broadcasts, then `finish`)."""
+    if group.rank != 0:
+        raise WeightSyncError(f"send is rank 0's part; this member is rank {group.rank}")
+    if not manifest:
+        raise WeightSyncError(f"weight sync of version {version}: no tensors to send")
     plan = plan_buckets(manifest, bucket_bytes)
     _send_header(group, version, bucket_bytes, manifest)
     verdict = group.max(OK)
     if verdict != OK:
         raise WeightSyncError(f"weight sync of version {version}: a receiver refused it "
                               f"({REASONS[verdict]}; its own error names the tensors)")
-    tensors = list(weights.values())
-    buffer = torch.empty(max(b.nbytes for b in plan), dtype=torch.uint8, device=group.device)
-    for bucket in plan:
-        group.broadcast(pack_bucket(bucket, tensors, buffer))
+    return plan
+
+
+def finish(group: SyncGroup, version: int, manifest: Sequence[TensorSpec], plan: Sequence[Bucket],
+           start: float) -> SyncStats:
     if group.device.type == "cuda":
         torch.cuda.current_stream(group.device).synchronize()
     return SyncStats(version, len(manifest), len(plan), sum(b.nbytes for b in plan), time.perf_counter() - start)
