@@ -59,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--staleness", default="0,1", help="max_staleness values, one run each")
     p.add_argument("--completion-tokens", type=int, default=64)
     p.add_argument("--force", action="store_true", help="start even if memory looks short")
+    p.add_argument("--profile", action="store_true", help="print the driver's top functions by own time")
     _report.add_output_args(p)
     q = sub.add_parser("plan", help="size the pools for a GPU budget (no Ray)")
     common_args(q, 1.0)
@@ -106,7 +107,15 @@ def run_one(args, lat: dict, staleness: int, run_dir: Path) -> dict:
             log(step, metrics)
 
         t.writer.log = log_and_mark
-        t.run()
+        if args.profile:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.runcall(t.run)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        else:
+            t.run()
     finally:
         t.close()
     rows = read_metrics(run_dir)[args.warmup_steps:]
