@@ -223,7 +223,8 @@ def run_trl(args, contender: str) -> dict:
                               callbacks=[timer])
         trainer.train()
     w = args.warmup_steps
-    step_s = [e - b for b, e in zip(timer.begins, timer.ends)]
+    # end to end, as the driver's time/step: from the previous step's end (the first: its own start)
+    step_s = [e - b for b, e in zip(timer.begins[:1] + timer.ends[:-1], timer.ends)]
     return {"step_s": step_s[w:], "reward": [lg["reward"] for lg in timer.logs],
             "completion_len": [lg.get("completions/mean_length") for lg in timer.logs],
             "samples_per_step": cfg.trainer.prompts_per_step * cfg.rollout.group_size}
