@@ -126,7 +126,7 @@ class SleepLearner:
         raise NotImplementedError("sleep engines use cluster.weight_sync: object_store")
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
-        pass
+        os.makedirs(ckpt_dir, exist_ok=True)  # the driver writes its state beside the weights
 
     def load(self, ckpt_dir: str) -> dict:
         return {}
