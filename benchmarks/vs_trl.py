@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4, help="timed optimizer steps after the warm-up")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--timeout-s", type=int, default=3600, help="per contender")
+    p.add_argument("--trace-every", type=float, default=0, help="dump every thread's stack every S seconds "
+                   "(a contender that seems stuck)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one contender, write JSON to --out
     p.add_argument("--out", help=argparse.SUPPRESS)
     _report.add_output_args(p)
@@ -275,6 +277,10 @@ def rows_of(results: list, warmup: int, baseline: str = "trl") -> list:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.one:
+        if args.trace_every:
+            import faulthandler
+
+            faulthandler.dump_traceback_later(args.trace_every, repeat=True)
         result = run_trl(args, args.one) if args.one.startswith("trl") else run_rlkd(args, args.one)
         Path(args.out).write_text(json.dumps(result))
         return
@@ -287,7 +293,7 @@ def main(argv=None) -> None:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             cmd = [sys.executable, __file__, "--one", name, "--out", out.name, "--config", args.config,
                    "--warmup-steps", str(args.warmup_steps), "--steps", str(args.steps),
-                   "--max-new-tokens", str(args.max_new_tokens)]
+                   "--max-new-tokens", str(args.max_new_tokens), "--trace-every", str(args.trace_every)]
             print(f"== {name}", flush=True)
             start = time.perf_counter()
             try:
