@@ -120,7 +120,7 @@ def run_one(args, lat: dict, staleness: int, run_dir: Path) -> dict:
         t.close()
     rows = read_metrics(run_dir)[args.warmup_steps:]
     steps = len(rows)
-    cpu = marks[-1][0] - marks[args.warmup_steps - 1][0] if args.warmup_steps else None
+    cpu = marks[-1][0] - marks[args.warmup_steps - 1][0]  # the driver's CPU over the timed steps
     wall = sum(r["time/step"] for r in rows)
     samples = steps * P * G
     gen, rew = sum(r["time/generate"] for r in rows), sum(r["time/reward"] for r in rows)
@@ -148,6 +148,9 @@ def run_one(args, lat: dict, staleness: int, run_dir: Path) -> dict:
 
 def cmd_run(args) -> None:
     import ray
+
+    if not 1 <= args.warmup_steps < args.steps:
+        sys.exit(f"need 1 <= --warmup-steps < --steps, got {args.warmup_steps} and {args.steps}")
 
     lat = latencies(args)
     R, W = args.rollout_workers, args.reward_workers
