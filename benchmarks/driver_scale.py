@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 import _report  # noqa: E402
 from plan_model import Stages, best, plan, simulate  # noqa: E402
-from sleep_engines import ENV, Latencies  # noqa: E402
+from sleep_engines import BUSY_DIR_ENV, ENV, Latencies, busy_seconds  # noqa: E402
 
 MEASURED = dict(generate_s=1.25, reward_s=5.6, train_s=38.0, sync_s=4.0)  # make train-local, per sample / step
 WORKER_MIB = 250  # a Ray worker with torch and transformers imported (checked against /proc/meminfo)
@@ -80,7 +81,7 @@ def mem_available_mib() -> float:
     return float("inf")
 
 
-def run_one(args, lat: dict, staleness: int, run_dir: Path) -> dict:
+def run_one(args, lat: dict, staleness: int, run_dir: Path, busy_dir: str) -> dict:
     """One training run on sleep engines; measured over the steps after the warm-up."""
     from rlkd_ray.config import load_config
     from rlkd_ray.controller import driver
@@ -97,13 +98,13 @@ def run_one(args, lat: dict, staleness: int, run_dir: Path) -> dict:
         f"trainer.sample_log_every={10**6}", "logging.tensorboard=false", "logging.progress=false",
         "cluster.weight_sync=object_store", f"data.train.limit={max(64, P)}",
     ])
-    marks = []  # (driver CPU s, wall s) at the end of every step
+    marks = []  # (driver CPU s, perf_counter s, wall clock s) at the end of every step
     t = trainer_cls(cfg)
     try:
         log = t.writer.log
 
         def log_and_mark(step, metrics):
-            marks.append((time.process_time(), time.perf_counter()))
+            marks.append((time.process_time(), time.perf_counter(), time.time()))
             log(step, metrics)
 
         t.writer.log = log_and_mark
@@ -127,9 +128,14 @@ def run_one(args, lat: dict, staleness: int, run_dir: Path) -> dict:
     train, sync = sum(r["time/train"] for r in rows), sum(r["time/sync"] for r in rows)
     events = steps * (2 * P + R + 1)  # a rollout and a reward per group, a load per worker, a train
     slowest = max(gen / R, rew / W, train + sync) / steps
+    # Idle fractions from the engines' own busy intervals within the timed window (the batches' stage
+    # times would count work done before the window when rollouts run ahead).
+    t0, t1 = marks[args.warmup_steps - 1][2], marks[-1][2]
+    idle = {pool: 1 - busy_seconds(busy_dir, pool, t0, t1) / (n * (t1 - t0))
+            for pool, n in (("rollout", R), ("reward", W), ("learner", 1))}
     out = dict(staleness=staleness, step_s=wall / steps, slowest_s=slowest, cpu_per_sample_ms=1e3 * cpu / samples,
-               rollout_idle=1 - gen / (R * wall), reward_idle=1 - rew / (W * wall),
-               learner_idle=1 - train / wall, samples_per_s=samples / wall,
+               rollout_idle=idle["rollout"], reward_idle=idle["reward"],
+               learner_idle=idle["learner"], samples_per_s=samples / wall,
                driver_s_per_event=cpu / events, gen_per_sample=gen / samples, rew_per_sample=rew / samples,
                train_per_step=train / steps, sync_per_step=sync / steps)
     # The planning model, fed the stage times measured in this run (per sample / step).
@@ -160,8 +166,9 @@ def cmd_run(args) -> None:
     if need > avail * 0.8 and not args.force:
         sys.exit("not enough memory for that many workers on this machine (--force to try anyway)")
     sleep = Latencies(jitter=args.jitter, completion_tokens=args.completion_tokens, **lat)
+    busy_dir = tempfile.mkdtemp(prefix="rlkd-sleep-busy-")
     env = {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           ENV: sleep.to_env(), "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"),
+           ENV: sleep.to_env(), BUSY_DIR_ENV: busy_dir, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"),
                                                                os.environ.get("PYTHONPATH", "")])}
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
@@ -172,10 +179,11 @@ def cmd_run(args) -> None:
         with tempfile.TemporaryDirectory(prefix="rlkd-driver-scale-") as tmp:
             for s in [int(x) for x in args.staleness.split(",")]:
                 start = time.perf_counter()
-                results.append(run_one(args, lat, s, Path(tmp) / f"staleness{s}"))
+                results.append(run_one(args, lat, s, Path(tmp) / f"staleness{s}", busy_dir))
                 print(f"max_staleness {s}: {time.perf_counter() - start:.1f} s in all", flush=True)
     finally:
         ray.shutdown()
+        shutil.rmtree(busy_dir, ignore_errors=True)
     P, G = args.prompts_per_step, args.group_size
     head = (f"{R} rollout + {W} reward workers (sleep engines, real Ray actors), {P} prompts x {G} samples per "
             f"step, {args.steps - args.warmup_steps} steps timed after {args.warmup_steps} warm-up. Latencies "

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 ENV = "RLKD_SLEEP_ENGINES"
+BUSY_DIR_ENV = "RLKD_SLEEP_BUSY_DIR"  # where each worker appends its busy intervals (pool, start, end)
 COMPLETION = "<think>\nStep one. Step two.\n</think>\n<answer>\n42\n</answer>"
 STRUCTURE = ("[sub-think 1]: split the problem\n[Query 1]: what is 6 times 7?\n[Answer 1]: 42\n"
              "So the final answer is: 42")
@@ -46,11 +47,28 @@ class Latencies:
         return cls(**json.loads(os.environ.get(ENV, "{}")))
 
 
-def _sleep(mean: float, sigma: float, rng: random.Random) -> float:
+def _sleep(mean: float, sigma: float, rng: random.Random, pool: str = "") -> float:
     d = mean if sigma <= 0 or mean <= 0 else mean * math.exp(rng.gauss(0.0, sigma) - sigma * sigma / 2)
     if d > 0:
+        start = time.time()
         time.sleep(d)
+        busy_dir = os.environ.get(BUSY_DIR_ENV)
+        if busy_dir and pool:
+            with open(os.path.join(busy_dir, f"{os.getpid()}.tsv"), "a") as f:
+                f.write(f"{pool}\t{os.getpid()}\t{start}\t{time.time()}\n")
     return d
+
+
+def busy_seconds(busy_dir: str, pool: str, t0: float, t1: float) -> float:
+    """Seconds the workers of `pool` were busy within [t0, t1] (wall clock, all workers summed)."""
+    total = 0.0
+    for name in os.listdir(busy_dir):
+        with open(os.path.join(busy_dir, name)) as f:
+            for line in f:
+                p, _, start, end = line.split("\t")
+                if p == pool:
+                    total += max(0.0, min(float(end), t1) - max(float(start), t0))
+    return total
 
 
 class SleepEngine:
@@ -69,9 +87,9 @@ class SleepEngine:
         if greedy:  # a GSRM decomposition; a one-prompt call is the teacher's, done once per problem
             # in data preparation in a real deployment (teacher structures cached with the dataset)
             per = self.lat.reward_s if len(prompts) > 1 else 0.0
-            self.busy_s += _sleep(per * len(prompts), self.lat.jitter, self.rng)
+            self.busy_s += _sleep(per * len(prompts), self.lat.jitter, self.rng, "reward")
             return [[Completion([1] * 8, [0.0] * 8, STRUCTURE, "stop")] for _ in prompts]
-        self.busy_s += _sleep(self.lat.generate_s * sampling.n * len(prompts), self.lat.jitter, self.rng)
+        self.busy_s += _sleep(self.lat.generate_s * sampling.n * len(prompts), self.lat.jitter, self.rng, "rollout")
         n_tok = min(self.lat.completion_tokens, sampling.max_new_tokens)
         ids = [self.rng.randrange(100, 1000) for _ in range(n_tok)]
         return [[Completion(list(ids), [-1.0] * n_tok, COMPLETION, "stop") for _ in range(sampling.n)]
@@ -82,7 +100,7 @@ class SleepEngine:
         return [list(yes) for _ in prompts]
 
     def load_weights(self, version: int, weights: Dict) -> None:
-        self.busy_s += _sleep(self.lat.sync_s, self.lat.jitter, self.rng)
+        self.busy_s += _sleep(self.lat.sync_s, self.lat.jitter, self.rng, "rollout")
         self.version = version
 
     def join_weight_sync(self, host, port, first_rank, world_size, timeout_s) -> None:
@@ -114,7 +132,7 @@ class SleepLearner:
         self.steps = 0
 
     def train_step(self, batch) -> Dict[str, float]:
-        _sleep(self.lat.train_s, self.lat.jitter, self.rng)
+        _sleep(self.lat.train_s, self.lat.jitter, self.rng, "learner")
         self.steps += 1
         tokens = float(batch.num_tokens)
         return {"loss_sum": 0.0, "kl_sum": 0.0, "tokens": tokens, "grad_norm": 0.0, "lr": 0.0}

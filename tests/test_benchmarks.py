@@ -81,3 +81,10 @@ def test_sleep_engine_speaks_the_engine_interface():
     assert len(e.score_choices([[1]], ["yes", "Yes", "no", "No"])[0]) == 4
     e.load_weights(3, {})
     assert e.version == 3
+
+
+def test_busy_seconds_clip_intervals_to_the_window(tmp_path):
+    (tmp_path / "1.tsv").write_text("rollout\t1\t0.0\t2.0\nreward\t1\t1.0\t5.0\n")
+    (tmp_path / "2.tsv").write_text("rollout\t2\t3.0\t4.0\n")
+    assert sleep_engines.busy_seconds(str(tmp_path), "rollout", 1.0, 3.5) == pytest.approx(1.5)
+    assert sleep_engines.busy_seconds(str(tmp_path), "reward", 1.0, 3.5) == pytest.approx(2.5)
