@@ -13,7 +13,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install train-local prepare test test-fast lint repro-mini bench bench-engines reliability-doc clean
+.PHONY: install train-local prepare test test-fast lint repro-mini bench bench-engines bench-trl bench-sync bench-driver reliability-doc clean
 
 install: $(STAMPS)/install
 
@@ -59,10 +59,27 @@ lint: install
 config-doc: install
 	$(BIN)/rlkd config --doc > docs/config.md.tmp && mv docs/config.md.tmp docs/config.md
 
-bench: bench-engines
+# Each benchmark runs all its contenders one after the other in one invocation, prints ratios and
+# writes its table into docs/benchmarks.md. Run them on a quiet machine: ARGS passes options through.
+bench: bench-engines bench-sync bench-driver bench-trl
 
 bench-engines: prepare
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/engines.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/engines.py $(ARGS)
+
+# TRL is a benchmark-only dependency, pinned, installed beside the stack without its dependencies.
+TRL_VERSION := 1.16.0
+$(STAMPS)/trl-$(TRL_VERSION): $(STAMPS)/install
+	$(BIN)/pip install --no-deps trl==$(TRL_VERSION)
+	touch $@
+
+bench-trl: prepare $(STAMPS)/trl-$(TRL_VERSION)
+	$(BIN)/python benchmarks/vs_trl.py $(ARGS)
+
+bench-sync: prepare
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/weight_sync.py $(ARGS)
+
+bench-driver: prepare
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/driver_scale.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
