@@ -87,7 +87,7 @@ def run_one(args, lat: dict, staleness: int, run_dir: Path, busy_dir: str) -> di
     from rlkd_ray.controller import driver
     from rlkd_ray.controller.metrics import read_metrics
 
-    trainer_cls = getattr(driver, "Driver", None) or driver.Trainer  # renamed in a refactor
+    trainer_cls = driver.Driver
     R, W, P, G = args.rollout_workers, args.reward_workers, args.prompts_per_step, args.group_size
     cfg = load_config(ROOT / "conf" / "local.yaml", [
         f"paths.run_dir={run_dir}", f"rollout.num_workers={R}", f"reward.num_workers={W}",

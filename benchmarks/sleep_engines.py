@@ -2,7 +2,7 @@
 
 They plug in where a real engine does: every Ray worker of the benchmark runs `install()` at start-up
 (Ray's `worker_process_setup_hook`), which swaps `rlkd_ray.engines.make_engine` for one that returns
-a `SleepEngine`, and the learner's `PolicyLearner` for a `SleepLearner`. The project's own actors
+a `SleepEngine`, and the learner's `DeepSpeedPolicy` for a `SleepLearner`. The project's own actors
 (actors/rollout.py, actors/reward.py, actors/learner.py), pools, weight-sync channel and driver run
 unchanged: the rollout worker's engine sleeps per sampled completion, the reward worker's GSRM sleeps
 per decomposed student path (its judge answers "yes" at once), the learner sleeps per step.
@@ -121,7 +121,7 @@ def make_sleep_engine(engine_cfg, model_path: str, dtype: str, seed: int = 0) ->
 
 
 class SleepLearner:
-    """`PolicyLearner`'s interface as the learner actor (actors/learner.py) uses it."""
+    """`DeepSpeedPolicy`'s interface as the learner actor (actors/learner.py) uses it."""
 
     def __init__(self, cfg, student_path: str, reference_path: Optional[str] = None):
         import torch
@@ -159,5 +159,5 @@ def install() -> None:
         if name in sys.modules:
             sys.modules[name].make_engine = make_sleep_engine
     stub = types.ModuleType("rlkd_ray.learner.policy")  # never imports DeepSpeed in the workers
-    stub.PolicyLearner = SleepLearner
+    stub.DeepSpeedPolicy = SleepLearner
     sys.modules["rlkd_ray.learner.policy"] = stub

@@ -238,7 +238,7 @@ def run_rlkd(args, contender: str) -> dict:
     from rlkd_ray.controller.metrics import read_metrics
     from rlkd_ray.ray_session import ray_session
 
-    trainer_cls = getattr(driver, "Driver", None) or driver.Trainer  # renamed in a refactor
+    trainer_cls = driver.Driver
     with tempfile.TemporaryDirectory(prefix="rlkd-vs-trl-") as tmp:
         cfg = rlkd_config(args, contender, tmp)
         with ray_session(cfg), trainer_cls(cfg) as t:
