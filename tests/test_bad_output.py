@@ -16,7 +16,7 @@ from rlkd_ray.algo.losses import grpo_loss
 from rlkd_ray.config import RewardWeights
 from rlkd_ray.controller.batching import build_batch
 from rlkd_ray.controller.samples import Problem, PromptGroup, Sample
-from rlkd_ray.data.answers import gsm8k_final_answer, last_boxed
+from rlkd_ray.data.answers import gsm8k_final_answer, last_boxed, think_text
 from rlkd_ray.gsrm import (
     Step,
     Structure,
@@ -26,7 +26,7 @@ from rlkd_ray.gsrm import (
     score_from_verdicts,
     verdict_from_text,
 )
-from rlkd_ray.rewards import accuracy_reward, extract_answer, format_reward, rule_components, tag_count_reward, think_text
+from rlkd_ray.rewards import accuracy_reward, extract_answer, format_reward, rule_components, tag_count_reward
 from rlkd_ray.rewards.registry import total_reward
 
 TEACHER = Structure([Step(f"plan {i}", f"q {i}", f"a {i}") for i in range(3)], "3")
