@@ -641,7 +641,7 @@ def validate_gsrm_context(cfg: RLKDConfig) -> None:
     """With a structure reward, the GSRM context must hold the decomposition of a full-length path:
     a longer prompt gets structure reward 0, a hidden length penalty."""
     r = cfg.reward
-    if r.weights.structure == 0:
+    if r.weights.structure == 0 or r.gsrm_backend == "rule":  # no GSRM model decomposes anything
         return
     overhead = cfg.rollout.max_prompt_tokens + r.decompose_prompt_tokens  # the problem + the rest of the prompt
     need = cfg.rollout.max_new_tokens + overhead + r.decompose_max_new_tokens

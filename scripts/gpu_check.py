@@ -315,7 +315,7 @@ def _vllm_greedy(path: str, weights_file: str, prompts: List[List[int]], max_new
         engine = VLLMEngine(path, dtype="float32", max_model_len=1024, kv_cache_gib=1.0, seed=0,
                             gpu_memory_utilization=0.3, tensor_parallel_size=1)
         started = time.perf_counter() - t0
-        engine.load_weights(1, torch.load(weights_file))
+        engine.load_weights(1, torch.load(weights_file, weights_only=True))
         loaded = time.perf_counter() - t0 - started
         done = engine.generate(prompts, Sampling(n=1, temperature=0, max_new_tokens=max_new_tokens))
         out.put(("ok", [(c.token_ids, c.logprobs) for (c,) in done], started, loaded))

@@ -37,6 +37,7 @@ class FakeSource:
     """PromptSource's interface: one fixed prompt per group."""
 
     pad_id = 0
+    left_out = {"bad_rows": 0, "prompts_too_long": 0}
 
     def group(self, step: int, slot: int) -> PromptGroup:
         return PromptGroup(uid=f"s{step}-p{slot}", step=step, problem=Problem(f"p{slot}", "1 + 1", "2"),
@@ -171,7 +172,14 @@ class FakeLearner:
         pass
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
-        Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+        """The parts a checkpoint must hold (rlkd_ray/controller/checkpointing.py), with no content."""
+        folder = Path(ckpt_dir)
+        (folder / "deepspeed").mkdir(parents=True, exist_ok=True)
+        (folder / "deepspeed" / f"rank_{self.rank}.pt").write_bytes(b"")
+        if self.rank == 0:
+            (folder / "hf").mkdir(exist_ok=True)
+            (folder / "hf" / "config.json").write_text("{}")
+            (folder / "hf" / "model.safetensors").write_bytes(b"")
 
     def load(self, ckpt_dir: str) -> dict:
         return {}

@@ -146,7 +146,7 @@ BAD_CONFIG = [  # (overrides, the key the error names, a phrase of the message)
     (["rollout.temperature=0"], "rollout.temperature", "identical and every advantage 0"),
     (["rollout.temperature=-0.5"], "rollout.temperature", ">= 0"),
     (["rollout.top_p=0"], "rollout.top_p", "in (0, 1]"),
-    (["rollout.max_prompt_tokens=4096"], "rollout.engine.max_model_len", "is over"),
+    (["rollout.max_prompt_tokens=4096", "reward.weights.structure=0"], "rollout.engine.max_model_len", "is over"),
     (["rollout.group_size=1"], "rollout.group_size", "group-relative"),
     (["trainer.prompts_per_step=3", "learner.world_size=2"], "learner.micro_batch_size x learner.world_size",
      "must be a multiple"),

@@ -45,7 +45,8 @@ def test_local_inherits_and_overrides():
     assert cfg.trainer.total_steps == 20
     assert cfg.reward.weights.structure == 0
     assert cfg.reward.weights.accuracy == 15  # from rlkd.yaml through defaults_from
-    assert cfg.learner.optim.lr == 5e-5
+    assert cfg.learner.optim.lr == 1e-5  # conf/local.yaml overrides the recipe's 5e-5
+    assert cfg.learner.optim.warmup_ratio == 0.1  # from rlkd.yaml through defaults_from
 
 
 def test_unknown_key_names_it_and_the_closest(tmp_path):

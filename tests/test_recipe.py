@@ -53,7 +53,7 @@ def test_full_length_paths_decompose_within_the_configured_limits(name, student_
     assert cfg.model.gsrm == "Qwen/Qwen2.5-7B-Instruct"  # its tokenizer: SmolLM2's stands in (module docstring)
     tok = AutoTokenizer.from_pretrained(student_path)
     r, n_path = cfg.reward, cfg.rollout.max_new_tokens
-    assert n_path == 4096
+    assert n_path == (4096 if name == "rlkd" else 3072)  # the cluster recipes fit Qwen2.5-Math-7B's 4,096 positions
 
     problem = text_of(tok, cfg.rollout.max_prompt_tokens, "Find the value of the expression. ")  # the longest
     path = text_of(tok, n_path)

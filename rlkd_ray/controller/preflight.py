@@ -47,10 +47,11 @@ def check_model_lengths(cfg: RLKDConfig) -> None:
     engine is checked at config load, `config.validate`). Raises ConfigError naming the key, both
     numbers and the model."""
     from rlkd_ray.assets import resolve_model
+    from rlkd_ray.rewards.scoring import needs_models
 
-    models = [("rollout", cfg.model.student), ("reward", cfg.model.gsrm)]
-    if cfg.model.judge:
-        models.append(("reward", cfg.model.judge))
+    models = [("rollout", cfg.model.student)]
+    if needs_models(cfg.reward):  # the reward pool starts no engine for the rule backend or structure weight 0
+        models += [("reward", m) for m in (cfg.model.gsrm, cfg.model.judge) if m]
     for pool, name in models:
         wanted = getattr(cfg, pool).engine.max_model_len
         context = model_context(resolve_model(name, cfg.paths.cache_dir))
