@@ -92,7 +92,7 @@ def _zero3_rank(path: str, sync_port: int, results) -> None:
         cfg = load_config(None, [
             f"model.student={path}", "model.dtype=float32", "learner.num_gpus=0", "learner.zero_stage=3",
             "learner.micro_batch_size=2", "trainer.prompts_per_step=2", "rollout.group_size=4",
-            "cluster.bucket_mb=1", "learner.reference_memory=sharded", "algo.kl_beta=0.04"])
+            "cluster.bucket_mb=1", "learner.reference_memory=sharded", "algo.kl_beta=0.04", "learner.optim.warmup_ratio=0"])
         learner = DeepSpeedPolicy(cfg, path)
         weights = learner.gather_weights()  # 1 MiB buckets: the tiny model's ~13 MiB in several gathers
         buf = io.BytesIO()

@@ -209,13 +209,16 @@ def test_killed_rollout_and_reward_workers_lose_no_sample(ray_cluster, cache_dir
 
 
 def test_worker_that_cannot_start_stops_the_run(ray_cluster, cache_dir, tiny_model_path, tmp_path):
-    """A constructor error (here: a GSRM folder whose config.json is not a model's) is reported, not
-    retried forever. (A path that does not exist fails earlier, at config load: tests/test_bad_input.py.)"""
+    """A constructor error (here: a GSRM folder with a model's config.json but no weights) is reported,
+    not retried forever. (A path that does not exist fails earlier, at config load: tests/test_bad_input.py;
+    a config.json that is not a model's, at the preflight before any actor starts.)"""
+    import shutil
+
     from rlkd_ray.controller.driver import Driver
 
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    (broken / "config.json").write_text("{}")
+    shutil.copy(Path(tiny_model_path) / "config.json", broken / "config.json")
     cfg = run_cfg(tmp_path / "run", cache_dir, f"model.student={tiny_model_path}",
                   f"model.gsrm={broken}", "trainer.total_steps=1")
     with pytest.raises(RuntimeError, match="reward worker failed to start"):

@@ -185,6 +185,8 @@ WILDCARD_IPS = ("0.0.0.0", "::")
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap (issue 13, item 5): Ray 2.60's gcs_server, raylet and workers "
+                   "listen on every interface whatever _node_ip_address; no setting found to bind them to loopback")
 def test_local_ray_cluster_listens_on_loopback(scenario):
     """security: the Ray head of `rlkd` on one machine: no dashboard or job server, nothing on the node's own address"""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(REPO)}

@@ -30,7 +30,10 @@ def model_context(model_path: str) -> Optional[Tuple[int, str]]:
     from its config.json; None when the config names none."""
     from transformers import AutoConfig
 
-    text = AutoConfig.from_pretrained(model_path).get_text_config()
+    try:
+        text = AutoConfig.from_pretrained(model_path).get_text_config()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{model_path}: not a model folder or hub id whose config.json can be read: {e}") from None
     found = [(getattr(text, k), k) for k in POSITION_KEYS if isinstance(getattr(text, k, None), int)]
     if not found:
         return None

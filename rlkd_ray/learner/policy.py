@@ -400,7 +400,10 @@ class DeepSpeedPolicy:
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
         """DeepSpeed state (every rank) and the student in Hugging Face format (rank 0)."""
-        rng = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state()}
+        # numpy's state as plain data (its key array as a tensor): checkpoints load weights-only (safe_load.py)
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        rng = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+               "numpy_rng": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
         if torch.cuda.is_available():
             rng["cuda_rng"] = torch.cuda.get_rng_state()
         self.engine.save_checkpoint(ckpt_dir, tag="deepspeed", client_state=client_state | rng)
@@ -416,7 +419,8 @@ class DeepSpeedPolicy:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {ckpt_dir}")
         torch.set_rng_state(client_state.pop("torch_rng"))
         random.setstate(client_state.pop("python_rng"))
-        np.random.set_state(client_state.pop("numpy_rng"))
+        name, keys, pos, has_gauss, gauss = client_state.pop("numpy_rng")
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         if "cuda_rng" in client_state:
             torch.cuda.set_rng_state(client_state.pop("cuda_rng"))
         return client_state
