@@ -43,8 +43,10 @@ def test_local_config_learns_signal_and_evaluates_before_and_after(ray_cluster, 
     for r in steps:
         assert r["learner/grad_norm"] > 0  # some group had unequal rewards: the weights moved
         assert r["count/teacher_parse_failures"] == 0  # exact teacher structures came with the data
-        assert r["reward/structure"] > 0 and r["structure/varying_groups"] > 0
+        assert r["reward/structure"] > 0
         assert r["batch/zero_signal_groups"] < 1
+    # the structure reward tells samples of a group apart (in some group of the run: 2 steps of 4 groups)
+    assert any(r["structure/varying_groups"] > 0 for r in steps)
     text = training_summary(tmp_path)
     assert "reward/structure" in text and "accuracy" in text
     assert "held-out arith_test pass@1 (95% interval): step 0:" in text and "-> step 2:" in text
