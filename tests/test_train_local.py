@@ -44,8 +44,9 @@ def test_local_config_learns_signal_and_evaluates_before_and_after(ray_cluster, 
         assert r["learner/grad_norm"] > 0  # some group had unequal rewards: the weights moved
         assert r["count/teacher_parse_failures"] == 0  # exact teacher structures came with the data
         assert r["reward/structure"] > 0
-        assert r["batch/zero_signal_groups"] < 1
-    # the structure reward tells samples of a group apart (in some group of the run: 2 steps of 4 groups)
+    # some group of the run had unequal rewards, and the structure reward told some group's samples apart
+    # (2 steps of 4 sampled groups: a single step may have neither)
+    assert any(r["batch/zero_signal_groups"] < 1 for r in steps)
     assert any(r["structure/varying_groups"] > 0 for r in steps)
     text = training_summary(tmp_path)
     assert "reward/structure" in text and "accuracy" in text
