@@ -314,15 +314,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         p.error(f"unknown arms {unknown}; the config has {list(exp.arms)}")
     results, missing = [], []
-    for name in [BASE] + list(exp.arms):
-        for seed in exp.seeds[:1] if name == BASE else exp.seeds:
-            done = Path(exp.run_root) / name / f"seed_{seed}" / "done.json"
-            if not args.report_only and name in wanted:
-                results.append(run_one(exp, name, seed))
-            elif done.is_file():
-                results.append(json.loads(done.read_text()))
-            else:
-                missing.append(f"{name}/seed_{seed}")
+    # seed by seed (every arm of a seed before the next seed): a partly finished experiment compares
+    # the arms on the same seeds
+    order = [(BASE, exp.seeds[0])] + [(name, seed) for seed in exp.seeds for name in exp.arms]
+    for name, seed in order:
+        done = Path(exp.run_root) / name / f"seed_{seed}" / "done.json"
+        if not args.report_only and name in wanted:
+            results.append(run_one(exp, name, seed))
+        elif done.is_file():
+            results.append(json.loads(done.read_text()))
+        else:
+            missing.append(f"{name}/seed_{seed}")
     print(f"[repro-mini] results: {write_report(exp, args.config, results, missing)}")
     return 0
 
