@@ -120,8 +120,6 @@ def test_sigterm_stops_at_a_safe_point_checkpoints_and_resumes(tiny_model_path, 
     assert checkpointing.read_state(checkpointing.latest_checkpoint(run_dir))["version"] == n + 1
 
 
-@pytest.mark.xfail(strict=False, reason="open (issue 15): after the merges the second SIGINT did not end the run "
-                   "at once in two runs here; the first SIGINT's safe stop works (test above)")
 def test_second_ctrl_c_stops_at_once(tiny_model_path, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     proc = start(train_args(run_dir, tiny_model_path, cache_dir, "trainer.total_steps=50", "trainer.save_every=100"),
@@ -129,14 +127,14 @@ def test_second_ctrl_c_stops_at_once(tiny_model_path, cache_dir, tmp_path):
     wait_for(lambda: len(metric_steps(run_dir)) >= 1, proc)
     started = descendants(proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.1)  # the second while the first stop is under way (a tiny model can finish it in under a second)
+    time.sleep(0.1)  # the second while the first stop is under way: both may reach the driver before its handler runs
     t0 = time.time()
     proc.send_signal(signal.SIGINT)
     rc, out, err = finish(proc, tmp_path, "run", timeout=60)
     assert rc == 128 + signal.SIGINT
     assert time.time() - t0 < 30
     assert "Traceback" not in out + err, err
-    assert "SIGINT: stopping after the step in flight" in err
+    # (the "stopping after the step in flight" line only if the driver ran its handler between the two)
     assert "rlkd train: stopped at once; last checkpoint: " in err and "trainer.resume=true" in err
     assert_all_ended(started)
 

@@ -49,7 +49,15 @@ def test_training_summary_first_last_and_eval_before_after(tmp_path):
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = training_summary(tmp_path).splitlines()
-    assert lines[0].split() == ["step", "1", "step", "2"]
+    assert lines[0].split() == ["step", "1", "step", "2"]  # under 4 steps: no quarter means
     assert "reward/structure 0.400 0.900" in " ".join(" ".join(line.split()) for line in lines)
     assert lines[-1] == ("held-out arith_test pass@1 (95% interval): step 0: 10.0% [6.0, 14.0] -> "
                          "step 2: 30.0% [25.0, 35.0]")
+
+    # 8 steps: the means of steps 1-2 and 7-8 beside the first and the last step
+    rows = [{"step": i, "reward/total": float(i), "accuracy": i / 10, "learner/grad_norm": 1.0} for i in range(1, 9)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [" ".join(line.split()) for line in training_summary(tmp_path).splitlines()]
+    assert lines[0] == "step 1 step 8 steps 1-2 steps 7-8"
+    assert "reward/total 1.000 8.000 1.500 7.500" in lines
+    assert "accuracy 0.100 0.800 0.150 0.750" in lines

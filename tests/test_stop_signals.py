@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -32,6 +33,24 @@ def test_first_signal_asks_second_stops_at_once_then_handlers_come_back(capfd):
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     err = capfd.readouterr().err
     assert "SIGTERM: stopping after the step in flight (last checkpoint: runs/x/checkpoints/step_000002)" in err
+
+
+def test_two_signals_before_the_handler_runs_still_stop_at_once():
+    """Python runs the handler once for two signals that arrive while the main thread is in C code
+    (the driver waiting in Ray); the wakeup fd counts both."""
+    stop = StopRequest()
+    data = bytes(300 * 2**20)
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_signals(stop):
+            pid = os.getpid()
+            sender = subprocess.Popen(["sh", "-c", f"sleep 0.2; kill -INT {pid}; kill -INT {pid}"])
+            deadline = time.time() + 30
+            while sender.poll() is None and time.time() < deadline:
+                for _ in range(4):  # C code for a while: no handler runs until it returns
+                    hashlib.sha256(data).digest()
+            pytest.fail("the two signals did not stop at once")
+    assert stop.reason == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 GUARDED = """

@@ -180,8 +180,8 @@ class Driver:
         stopped = self.stop.reason if self.step < cfg.trainer.total_steps else None
         if stopped:  # a safe point: the step in flight is applied, the rest dropped
             self.finish_training()
-            for ref in self.calls:
-                ray.cancel(ref)  # a queued call is dropped; a running one finishes before the worker closes
+            # Dropped, not cancelled (a cancelled actor call stalls the actor's later calls for 30 s):
+            # the workers still running them are killed at shutdown instead of closed (ActorPool.shutdown).
             self.calls.clear()
         while self.loads:
             loads, self.loads = self.loads, {}

@@ -142,10 +142,14 @@ class ActorPool:
         return self._add()
 
     def shutdown(self) -> None:
+        """Close every member. One with tracked calls still in flight (a stopped run drops them) is
+        killed instead: its close would queue behind those calls."""
+        busy = set(self._inflight.values())
         for wid, handle in list(self._members.items()) + list(self._retiring.items()):
-            _close(handle, self.groups.pop(wid, None))
+            _close(handle, self.groups.pop(wid, None), graceful=wid not in busy)
         self._members.clear()
         self._retiring.clear()
+        self._inflight.clear()
 
     def _add(self) -> int:
         wid = next(self._ids)
@@ -165,13 +169,14 @@ class ActorPool:
             _close(self._retiring.pop(wid), self.groups.pop(wid, None))
 
 
-def _close(handle, group=None) -> None:
-    """Shut the engine down inside the actor (frees its memory and shared segments), kill it, then
-    release its placement group."""
-    try:
-        ray.get(handle.close.remote(), timeout=60)
-    except Exception:  # noqa: BLE001 - a dead actor has nothing left to close
-        pass
+def _close(handle, group=None, graceful: bool = True) -> None:
+    """Shut the engine down inside the actor (frees its memory and shared segments; `graceful`), kill
+    it, then release its placement group."""
+    if graceful:
+        try:
+            ray.get(handle.close.remote(), timeout=60)
+        except Exception:  # noqa: BLE001 - a dead actor has nothing left to close
+            pass
     ray.kill(handle)
     if group is not None:
         from ray.util import remove_placement_group

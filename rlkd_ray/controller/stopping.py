@@ -2,6 +2,11 @@
 for a stop: the driver finishes the step in flight, checkpoints (`trainer.checkpoint_on_stop`) and
 shuts its actors down. A second signal stops at once (KeyboardInterrupt; Ray ends the actors).
 
+Python runs a handler only when the main thread is back in the interpreter, and two signals that
+arrive before that (the driver waits in Ray for up to 2 s) run it once. So every signal is also
+counted through `signal.set_wakeup_fd`, which writes one byte per signal: Ctrl-C pressed twice in
+quick succession still stops at once.
+
     stop = StopRequest()
     with stop_on_signals(stop):
         ...  # the driver checks `stop.reason` once per loop iteration
@@ -35,9 +40,15 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
     """Route SIGINT and SIGTERM to `stop` inside the block (main thread only); the previous handlers
     come back at its end. Install it after `ray.init`, which sets a SIGTERM handler of its own."""
 
+    received, wakeup = os.pipe()  # one byte per signal delivered (set_wakeup_fd)
+    os.set_blocking(received, False)
+    os.set_blocking(wakeup, False)
+
     def handler(signum: int, frame) -> None:
-        if stop.reason is not None:  # the second signal: stop at once
-            _restore(previous)
+        count = sum(b in SIGNALS for b in _read_all(received)) or 1  # this call may stand for several
+        if stop.reason is not None or count > 1:  # the second signal: stop at once
+            stop.request(signum)
+            _restore(previous, previous_fd)
             raise KeyboardInterrupt
         stop.request(signum)
         # os.write, not print: a signal handler may interrupt a print of the main thread.
@@ -45,14 +56,31 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
                      f"{stop.checkpoint or 'none yet'}); send it again to stop at once\n").encode())
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    previous_fd = signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
     for s in SIGNALS:
         signal.signal(s, handler)
     try:
         yield stop
     finally:
-        _restore(previous)
+        _restore(previous, previous_fd)
+        os.close(received)
+        os.close(wakeup)
 
 
-def _restore(previous: dict) -> None:
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 512)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _restore(previous: dict, previous_fd: int) -> None:
     for s, h in previous.items():
         signal.signal(s, h)
+    signal.set_wakeup_fd(previous_fd)

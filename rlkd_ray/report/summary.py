@@ -1,5 +1,7 @@
 """The end-of-training summary that `rlkd train` prints, from the run's `metrics.jsonl`: for the first
-and the last optimizer step, the batch mean of each reward component and the accuracy; and for each
+and the last optimizer step, the batch mean of each reward component and the accuracy, and (from 4
+steps on) their means over the first and the last quarter of the steps, which a batch of a few groups
+makes far less noisy than one step; and for each
 held-out benchmark of the in-training eval, pass@1 with its interval at the first and the last eval
 (with `trainer.eval_at_start`, the first is the initial weights, step 0)."""
 
@@ -19,6 +21,11 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def _mean(rows: List[Dict[str, Any]], key: str) -> Any:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
 def training_summary(run_dir: str | Path, confidence: float = 0.95) -> str:
     """The summary's text (module docstring); empty when the run logged no step."""
     records = read_metrics(run_dir)
@@ -27,9 +34,14 @@ def training_summary(run_dir: str | Path, confidence: float = 0.95) -> str:
         return ""
     first, last = steps[0], steps[-1]
     components = sorted({k for r in (first, last) for k in r if k.startswith("reward/")})
-    lines = [f"{'':24} {'step ' + str(first['step']):>10} {'step ' + str(last['step']):>10}"]
+    q = len(steps) // 4
+    quarters = [steps[:q], steps[-q:]] if q else []
+    header = [f"step {first['step']}", f"step {last['step']}"]
+    header += [f"steps {rows[0]['step']}-{rows[-1]['step']}" for rows in quarters]
+    lines = [f"{'':24}" + "".join(f" {h:>12}" for h in header)]
     for key in components + ["accuracy", "learner/grad_norm"]:
-        lines.append(f"{key:24} {_fmt(first.get(key)):>10} {_fmt(last.get(key)):>10}")
+        values = [first.get(key), last.get(key)] + [_mean(rows, key) for rows in quarters]
+        lines.append(f"{key:24}" + "".join(f" {_fmt(v):>12}" for v in values))
     evals: Dict[str, List[Dict[str, Any]]] = {}
     for r in records:
         for key in r:
