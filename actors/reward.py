@@ -15,7 +15,7 @@ from rlkd_ray.config import RLKDConfig
 from rlkd_ray.controller.samples import PromptGroup
 from rlkd_ray.engines import make_engine
 from rlkd_ray.gsrm import Structure
-from rlkd_ray.rewards.scoring import GroupScorer, needs_models
+from rlkd_ray.rewards.scoring import GroupScorer
 
 
 @ray.remote
@@ -25,7 +25,7 @@ class RewardWorker:
 
         set_threads(cfg.reward.num_cpus, cfg.reward.engine.cpu_threads)
         self.engines = []
-        if not needs_models(cfg.reward):
+        if not cfg.reward.runs_gsrm_model():
             self.scorer = GroupScorer(cfg.reward)
             return
         cache = cfg.paths.cache_dir

@@ -156,6 +156,11 @@ class RewardConfig:
     # it closes the meta-reasoning gate like a "no" but halves no step, as in the RLKD release).
     judge_min_prob: float = 0.5
 
+    def runs_gsrm_model(self) -> bool:
+        """Whether scoring calls a GSRM and a judge model: the generative backend with a weighted
+        structure. Decided here only: the reward workers, preflight and `validate_gsrm_context` ask."""
+        return self.gsrm_backend == "generative" and self.weights.structure != 0
+
 
 @dataclass
 class AlgoConfig:
@@ -641,7 +646,7 @@ def validate_gsrm_context(cfg: RLKDConfig) -> None:
     """With a structure reward, the GSRM context must hold the decomposition of a full-length path:
     a longer prompt gets structure reward 0, a hidden length penalty."""
     r = cfg.reward
-    if r.weights.structure == 0 or r.gsrm_backend == "rule":  # no GSRM model decomposes anything
+    if not r.runs_gsrm_model():  # no GSRM model decomposes anything
         return
     overhead = cfg.rollout.max_prompt_tokens + r.decompose_prompt_tokens  # the problem + the rest of the prompt
     need = cfg.rollout.max_new_tokens + overhead + r.decompose_max_new_tokens

@@ -75,6 +75,18 @@ def ray_head(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+
+def submit_job(cmd, env, timeout: float) -> subprocess.CompletedProcess:
+    """`ray job submit ...`, retried while the head's job agent is not up yet (it starts a little after
+    the head's HTTP server; bounded wait); it must succeed."""
+    for _ in range(12):
+        out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        if "No available agent to submit job" not in out.stdout + out.stderr:
+            break
+        time.sleep(10)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out
+
 def test_ray_job_submit_trains(ray_head, tiny_model_path, cache_dir, tmp_path):
     address, env = ray_head
     run_dir = tmp_path / "run"
@@ -83,12 +95,7 @@ def test_ray_job_submit_trains(ray_head, tiny_model_path, cache_dir, tmp_path):
            f"model.gsrm={tiny_model_path}", f"paths.run_dir={run_dir}", f"paths.cache_dir={cache_dir}",
            "trainer.total_steps=1", "data.train.limit=8", "rollout.max_new_tokens=16",
            "reward.decompose_max_new_tokens=16", "trainer.eval_every=0", "logging.progress=false"]
-    for _ in range(12):  # the head's job agent starts a little after its HTTP server (bounded wait)
-        out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
-        if "No available agent to submit job" not in out.stdout + out.stderr:
-            break
-        time.sleep(10)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    out = submit_job(cmd, env, timeout=900)
     assert "succeeded" in out.stdout
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1]
@@ -113,12 +120,7 @@ def test_ray_job_stop_checkpoints_names_it_and_ends_the_actors(ray_head, tiny_mo
               "trainer.total_steps=50", "trainer.save_every=1", "trainer.eval_every=0", "data.train.limit=8",
               "rollout.engine.backend=hf", "reward.engine.backend=hf", "rollout.max_new_tokens=16",
               "reward.decompose_max_new_tokens=16", "logging.progress=false", "logging.tensorboard=false"]
-    for _ in range(12):  # the head's job agent starts a little after its HTTP server (bounded wait)
-        out = subprocess.run(submit, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-        if "No available agent to submit job" not in out.stdout + out.stderr:
-            break
-        time.sleep(10)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    submit_job(submit, env, timeout=300)
 
     def logs() -> str:
         return subprocess.run(["ray", "job", "logs", "--address", address, job_id], env=env, capture_output=True,

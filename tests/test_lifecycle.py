@@ -93,12 +93,18 @@ def resume_command(err: str):
     return argv[1:]  # without "rlkd"
 
 
+def start_long_run(run_dir, tiny_model_path, cache_dir, log_dir, name):
+    """A 50-step run that checkpoints only when stopped, once its first step is logged; with the
+    processes it has started by then."""
+    proc = start(train_args(run_dir, tiny_model_path, cache_dir, "trainer.total_steps=50", "trainer.save_every=100"),
+                 log_dir, name)
+    wait_for(lambda: len(metric_steps(run_dir)) >= 1, proc)
+    return proc, descendants(proc)
+
+
 def test_sigterm_stops_at_a_safe_point_checkpoints_and_resumes(tiny_model_path, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(train_args(run_dir, tiny_model_path, cache_dir, "trainer.total_steps=50", "trainer.save_every=100"),
-                 tmp_path, "first")
-    wait_for(lambda: len(metric_steps(run_dir)) >= 1, proc)
-    started = descendants(proc)
+    proc, started = start_long_run(run_dir, tiny_model_path, cache_dir, tmp_path, "first")
     proc.send_signal(signal.SIGTERM)
     rc, out, err = finish(proc, tmp_path, "first")
     assert rc == 128 + signal.SIGTERM, err
@@ -122,10 +128,7 @@ def test_sigterm_stops_at_a_safe_point_checkpoints_and_resumes(tiny_model_path, 
 
 def test_second_ctrl_c_stops_at_once(tiny_model_path, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(train_args(run_dir, tiny_model_path, cache_dir, "trainer.total_steps=50", "trainer.save_every=100"),
-                 tmp_path, "run")
-    wait_for(lambda: len(metric_steps(run_dir)) >= 1, proc)
-    started = descendants(proc)
+    proc, started = start_long_run(run_dir, tiny_model_path, cache_dir, tmp_path, "run")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.1)  # the second while the first stop is under way: both may reach the driver before its handler runs
     t0 = time.time()

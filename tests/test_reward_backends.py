@@ -12,7 +12,7 @@ from rlkd_ray.config import load_config
 from rlkd_ray.controller.samples import Problem, PromptGroup, Sample
 from rlkd_ray.data import arith
 from rlkd_ray.gsrm.exact_judge import rule_structure_score
-from rlkd_ray.rewards.scoring import GroupScorer, needs_models
+from rlkd_ray.rewards.scoring import GroupScorer
 
 EXPR = "3 + 4 * (5 - 2)"
 REASONING, STRUCTURE, GOLD = arith.teacher_solution(random.Random(0), EXPR)
@@ -39,7 +39,7 @@ def group() -> PromptGroup:
 
 def test_rule_backend_scores_structure_without_models():
     cfg = load_config(None, ["reward.gsrm_backend=rule"]).reward
-    assert not needs_models(cfg)
+    assert not cfg.runs_gsrm_model()
     scored = GroupScorer(cfg, Unusable(), Unusable()).score(group())
     structure = [s.rewards["structure"] for s in scored.samples]
     for s, text in zip(scored.samples, COMPLETIONS):  # exactly the rule decomposer + exact judge + paper's scoring
@@ -57,7 +57,7 @@ def test_rule_backend_scores_structure_without_models():
 
 def test_outcome_only_baseline_loads_and_calls_no_gsrm_or_judge(monkeypatch):
     cfg = load_config(None, ["reward.weights.structure=0"])  # generative backend: the baseline of the paper
-    assert not needs_models(cfg.reward)
+    assert not cfg.reward.runs_gsrm_model()
     scored = GroupScorer(cfg.reward, Unusable(), Unusable()).score(group())
     for s in scored.samples:
         assert "structure" not in s.rewards and s.structure is None
@@ -84,6 +84,6 @@ def test_rule_backend_with_weight_zero_keeps_structure_as_a_diagnostic():
 
 
 def test_generative_backend_with_structure_needs_its_models():
-    assert needs_models(load_config(None).reward)
+    assert load_config(None).reward.runs_gsrm_model()
     with pytest.raises(Exception, match="gsrm_backend.*choose one of generative, rule"):
         load_config(None, ["reward.gsrm_backend=rules"])

@@ -50,10 +50,9 @@ def check_model_lengths(cfg: RLKDConfig) -> None:
     engine is checked at config load, `config.validate`). Raises ConfigError naming the key, both
     numbers and the model."""
     from rlkd_ray.assets import resolve_model
-    from rlkd_ray.rewards.scoring import needs_models
 
     models = [("rollout", cfg.model.student)]
-    if needs_models(cfg.reward):  # the reward pool starts no engine for the rule backend or structure weight 0
+    if cfg.reward.runs_gsrm_model():  # the reward pool starts no engine for the rule backend or structure weight 0
         models += [("reward", m) for m in (cfg.model.gsrm, cfg.model.judge) if m]
     for pool, name in models:
         wanted = getattr(cfg, pool).engine.max_model_len

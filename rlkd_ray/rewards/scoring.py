@@ -63,13 +63,8 @@ def scores_structure(cfg: RewardConfig) -> bool:
     return cfg.weights.structure != 0 or cfg.gsrm_backend == "rule"
 
 
-def needs_models(cfg: RewardConfig) -> bool:
-    """Whether scoring calls a GSRM and a judge model: the generative backend with a weighted structure."""
-    return cfg.gsrm_backend == "generative" and cfg.weights.structure != 0
-
-
 class GroupScorer:
-    """`gsrm` / `judge` (engines) and their tokenizers are used only when `needs_models(cfg)`."""
+    """`gsrm` / `judge` (engines) and their tokenizers are used only when `cfg.runs_gsrm_model()`."""
 
     def __init__(self, cfg: RewardConfig, gsrm: Optional[Engine] = None, judge: Optional[Engine] = None,
                  gsrm_tokenizer=None, judge_tokenizer=None):
