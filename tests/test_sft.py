@@ -204,3 +204,21 @@ def test_distill_baseline_saves_a_loadable_model(ray_cluster, tiny_model_path, t
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, ids.shape[1] + 3)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
     assert max((model.state_dict()[k] - base[k]).abs().max().item() for k in base) > 1e-4
+
+
+def test_distill_traces_are_the_prompts_an_rl_run_sees_first(cache_dir, tmp_path):
+    """SFT distillation with `sft.limit` = steps x prompts per step reads the problems the RL run with
+    the same trainer.seed trains on in those steps (the repro-mini SFT arm against the RL arms)."""
+    from rlkd_ray.config import load_config
+    from rlkd_ray.controller.prompt_source import PromptSource
+    from rlkd_ray.offline.sft import teacher_traces
+
+    steps, per_step = 3, 4
+    for seed in (1, 2):
+        cfg = load_config("conf/local.yaml", [f"paths.cache_dir={cache_dir}", f"paths.run_dir={tmp_path}",
+                                              f"trainer.seed={seed}", f"sft.limit={steps * per_step}",
+                                              f"trainer.prompts_per_step={per_step}", "logging.progress=false"])
+        source = PromptSource(cfg)
+        rl = [source.group(step, slot).problem.id for step in range(steps) for slot in range(per_step)]
+        sft = [e.id for e in teacher_traces(cfg, source.completion_prefix)]
+        assert sft == rl, seed

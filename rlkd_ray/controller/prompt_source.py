@@ -25,6 +25,11 @@ from rlkd_ray.data.structure_control import shuffled_structures
 from rlkd_ray.engines.base import PromptTooLong, build_prompt_ids, pad_token_id
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which a shuffled run reads its n training problems in `epoch`."""
+    return np.random.default_rng(seed + epoch).permutation(n)
+
+
 def group_seed(seed: int, step: int, slot: int) -> int:
     """The sampling seed of one prompt group: fixed by (seed, step, slot), whichever worker runs it."""
     digest = hashlib.sha256(f"{seed}:{step}:{slot}".encode()).digest()
@@ -129,7 +134,7 @@ class PromptSource:
         if not self.cfg.data.shuffle:
             return offset
         if self._order_epoch != epoch:  # one permutation per epoch, not one per prompt group
-            self._order = np.random.default_rng(self.cfg.trainer.seed + epoch).permutation(len(self.problems))
+            self._order = epoch_order(self.cfg.trainer.seed, epoch, len(self.problems))
             self._order_epoch = epoch
         return int(self._order[offset])
 

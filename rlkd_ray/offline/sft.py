@@ -121,14 +121,18 @@ def read_annotations(path: Path, domain: str, n_examples: int, limit: Optional[i
 
 
 def teacher_traces(cfg: RLKDConfig, completion_prefix: str) -> List[Example]:
-    """Distillation examples from the train split of the prepared dataset `data.name`."""
+    """Distillation examples from the train split of the prepared dataset `data.name`, in the order an
+    RL run with the same `trainer.seed` reads it (`data.shuffle`; exact when no training problem is
+    left out for its length): with `sft.limit`, SFT sees the prompts of that run's first steps."""
+    from rlkd_ray.controller.prompt_source import epoch_order
     from rlkd_ray.data import load_split, prepare_data
 
     prepare_data(cfg.data, cfg.paths.cache_dir)
     rows = load_split(cfg.paths.cache_dir, cfg.data.name, "train")
+    order = epoch_order(cfg.trainer.seed, 0, len(rows)) if cfg.data.shuffle else range(len(rows))
     examples = [distill_example(str(r["id"]), r["problem"], r["teacher_reasoning"], r["answer"],
                                 cfg.rollout.system_prompt, completion_prefix)
-                for r in rows if (r["teacher_reasoning"] or "").strip()]
+                for r in (rows[int(i)] for i in order) if (r["teacher_reasoning"] or "").strip()]
     if not examples:
         raise SFTDataError(f"data {cfg.data.name!r}: the train split has no teacher traces")
     return examples[: cfg.sft.limit]
