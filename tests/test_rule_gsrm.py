@@ -239,3 +239,24 @@ def test_real_student_completions(problem, completion, expected, final, reward):
     expr = arith.normalized_expression(problem)
     teacher = arith.teacher_solution(random.Random(1), expr)[1]
     assert rule_structure_score(problem, teacher, completion).total == reward
+
+
+def test_agreement_of_a_candidate_decomposer_with_the_rule_decomposer():
+    from rlkd_ray.gsrm.agreement import agreement
+    from rlkd_ray.gsrm.parser import Step, Structure
+
+    right = "5 - 2 = 3\n4 * 3 = 12\n3 + 12 = 15\n\\boxed{15}"
+    reference = decompose(PROBLEM, right)
+    same = parse_structure("\n".join(f"[sub-think {i}] next: {s.query}\n[Query {i}] {s.query}\n[Answer {i}] {s.answer}"
+                                     for i, s in enumerate(reference.steps, 1)))
+    # a candidate that reads the first step, gets the second step's result wrong and misses the third
+    partial = Structure([Step("first the parentheses, 5 - 2", "5 - 2", "3"), Step("then 4 * 3", "4 * 3", "13")], "15")
+    empty = Structure([], None, ["no tags"])
+    a = agreement([TEACHER] * 3, [reference] * 3, [same, partial, empty])
+    assert a.paths == 3 and a.parsed == pytest.approx(2 / 3) and a.same_step_count == pytest.approx(1 / 3)
+    # 9 step positions: 3 (same) + 3 (partial: the longer side) + 3 (empty)
+    assert a.fields["query"] == pytest.approx(5 / 9) and a.fields["answer"] == pytest.approx(4 / 9)
+    assert a.fields["meta"] == pytest.approx(5 / 9)  # no position markers: the operations named are compared
+    assert a.same_reward == pytest.approx(1 / 3) and a.reward_abs_diff > 0
+    with pytest.raises(ValueError, match="as many"):
+        agreement([TEACHER], [reference], [])

@@ -250,7 +250,3 @@ def decompose(problem: str, reasoning: str) -> Structure:
         errors.append("no final answer")
     return Structure(steps, answer, errors)
 
-
-def decompose_many(problem: str, reasonings: Sequence[str]) -> List[Structure]:
-    """`decompose` of each path of one problem (the shape of `GroupScorer.decompose`)."""
-    return [decompose(problem, r) for r in reasonings]

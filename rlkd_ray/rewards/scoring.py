@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from rlkd_ray.config import RewardConfig
 from rlkd_ray.controller.samples import Problem, PromptGroup
@@ -76,17 +76,21 @@ class GroupScorer:
 
     # -- GSRM ----------------------------------------------------------------------------------
     def decompose(self, problem: str, reasonings: List[str]) -> List[Structure]:
-        """One greedy GSRM call for all paths; a path without reasoning, or whose prompt is over the
-        context limit, gets no steps without a call. The rule backend reads the operations of each path
-        instead (no model)."""
+        """The structures of several paths of one problem (`decompose_pairs`)."""
+        return self.decompose_pairs([(problem, text) for text in reasonings])
+
+    def decompose_pairs(self, pairs: Sequence[Tuple[str, str]]) -> List[Structure]:
+        """One greedy GSRM call for all (problem, reasoning) pairs; a path without reasoning, or whose
+        prompt is over the context limit, gets no steps without a call. The rule backend reads the
+        operations of each path instead (no model)."""
         if self.cfg.gsrm_backend == "rule":
-            return rule.decompose_many(problem, reasonings)
+            return [rule.decompose(problem, text) for problem, text in pairs]
         if self.gsrm is None:
             raise RuntimeError("no GSRM engine was loaded (reward.weights.structure is 0); set it to decompose")
         prompts, slots = [], []
-        structures: List[Structure] = [Structure([], None, []) for _ in reasonings]
+        structures: List[Structure] = [Structure([], None, []) for _ in pairs]
         limit = self.gsrm_limit()
-        for i, text in enumerate(reasonings):
+        for i, (problem, text) in enumerate(pairs):
             if not has_reasoning(text):
                 structures[i] = Structure([], None, [NO_REASONING])
                 continue
