@@ -243,3 +243,27 @@ def test_broadcast_weight_sync_loads_what_was_sent(engine, greedy, reference, pr
         sender.join(timeout=120)
         engine.leave_weight_sync()
     assert errors and "refused" in errors[0]
+
+
+def test_vllm_cpu_seeded_sampling_over_many_prompts(engine, prompts, reference):
+    """Seeded sampling of more prompt tokens than one scheduler step holds: vLLM-CPU would prefill a
+    request in parts and then fail to rewind its generator ("CPU Generator does not use offset"). The
+    engine sends each sample as its own request with the seed vLLM gives it: the same completions as
+    one request with n samples."""
+    if not getattr(engine, "cpu", False):
+        pytest.skip("the vLLM-CPU path")
+    from vllm.inputs import TokensPrompt
+
+    tok = reference[1]
+    long = [build_prompt_ids(tok, [{"role": "user", "content": f"{i}: " + "count the waves " * 40}], 250)
+            for i in range(32)]
+    sampling = Sampling(n=2, temperature=1.0, max_new_tokens=4, seed=7)
+    assert sum(map(len, long)) * sampling.n > engine.step_tokens
+    many = engine.generate(long, sampling)
+    assert [len(g) for g in many] == [2] * len(long)
+    # against one request with n samples per prompt (few prompts: prefilled in one step)
+    few = engine.generate(prompts, sampling)
+    seeds = [sampling.seed + i * sampling.n for i in range(len(prompts))]
+    direct = engine.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+                                 [engine._params(sampling, s) for s in seeds], use_tqdm=False)
+    assert [[c.token_ids for c in g] for g in few] == [[list(c.token_ids) for c in out.outputs] for out in direct]

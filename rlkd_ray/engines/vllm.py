@@ -53,8 +53,11 @@ class VLLMEngine:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu():
-            memory = {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+        self.cpu = current_platform.is_cpu()
+        if self.cpu:
+            # one scheduler step holds at least a whole prompt (see `_generate_seeded_on_cpu`)
+            self.step_tokens = max(4096, max_model_len)
+            memory = {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30), "max_num_batched_tokens": self.step_tokens}
         else:
             memory = {"gpu_memory_utilization": gpu_memory_utilization}
         self.llm = LLM(
@@ -80,7 +83,6 @@ class VLLMEngine:
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling) -> List[List[Completion]]:
         """`sampling.n` completions per prompt, in prompt order; see the module docstring."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         check_request(prompts, sampling, self.max_model_len)
@@ -94,24 +96,52 @@ class VLLMEngine:
             once = self.generate(prompts, replace(sampling, n=1))
             return [[Completion(list(c.token_ids), list(c.logprobs), c.text, c.finish_reason)
                      for _ in range(sampling.n)] for (c,) in once]
-        params = [
-            SamplingParams(
-                n=sampling.n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k,
-                max_tokens=sampling.max_new_tokens,
-                stop=list(sampling.stop),
-                include_stop_str_in_output=True,
-                # vLLM gives the k-th sample of a request seed + k: prompts get disjoint ranges
-                seed=None if sampling.seed is None else sampling.seed + i * sampling.n,
-                logprobs=0 if sampling.logprobs else None,
-            )
-            for i in range(len(prompts))
-        ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                    use_tqdm=False)
+        # vLLM gives the k-th sample of a request seed + k: prompts get disjoint ranges
+        seeds = [None if sampling.seed is None else sampling.seed + i * sampling.n for i in range(len(prompts))]
+        if self.cpu and sampling.seed is not None and sampling.temperature > 0:
+            return self._generate_seeded_on_cpu(prompts, sampling, seeds)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+                                    [self._params(sampling, seed) for seed in seeds], use_tqdm=False)
         return [[to_completion(c) for c in out.outputs] for out in outputs]
+
+    def _params(self, sampling: Sampling, seed: Optional[int], n: Optional[int] = None):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n if n is None else n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            max_tokens=sampling.max_new_tokens,
+            stop=list(sampling.stop),
+            include_stop_str_in_output=True,
+            seed=seed,
+            logprobs=0 if sampling.logprobs else None,
+        )
+
+    def _generate_seeded_on_cpu(self, prompts: Sequence[Sequence[int]], sampling: Sampling,
+                                seeds: List[int]) -> List[List[Completion]]:
+        """vLLM-CPU cannot rewind the generator of a seeded request whose prompt was prefilled over
+        several scheduler steps (chunked prefill: "CPU Generator does not use offset"). So each sample
+        is a request of its own, with the seed vLLM would give it (seed + k), sent in calls whose
+        prompts fit one step: the same completions, and no request is ever prefilled in parts."""
+        from vllm.inputs import TokensPrompt
+
+        units = [(i, k) for i in range(len(prompts)) for k in range(sampling.n)]
+        out: List[List[Optional[Completion]]] = [[None] * sampling.n for _ in prompts]
+        start = 0
+        while start < len(units):
+            end, tokens = start, 0
+            while end < len(units) and (end == start or tokens + len(prompts[units[end][0]]) <= self.step_tokens):
+                tokens += len(prompts[units[end][0]])
+                end += 1
+            batch = units[start:end]
+            results = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompts[i])) for i, _ in batch],
+                                        [self._params(sampling, seeds[i] + k, n=1) for i, k in batch], use_tqdm=False)
+            for (i, k), result in zip(batch, results):
+                out[i][k] = to_completion(result.outputs[0])
+            start = end
+        return out
 
     def score_choices(self, prompts: Sequence[Sequence[int]], choices: Sequence[str]) -> List[List[float]]:
         """log_softmax(logits) at the first generated position, at the first token of each choice."""
