@@ -257,6 +257,7 @@ def test_agreement_of_a_candidate_decomposer_with_the_rule_decomposer():
     # 9 step positions: 3 (same) + 3 (partial: the longer side) + 3 (empty)
     assert a.fields["query"] == pytest.approx(5 / 9) and a.fields["answer"] == pytest.approx(4 / 9)
     assert a.fields["meta"] == pytest.approx(5 / 9)  # no position markers: the operations named are compared
-    assert a.same_reward == pytest.approx(1 / 3) and a.reward_abs_diff > 0
+    assert a.same_reward == pytest.approx(1 / 3) and a.same_nonzero_reward == pytest.approx(1 / 3)
+    assert a.reward_abs_diff > 0
     with pytest.raises(ValueError, match="as many"):
         agreement([TEACHER], [reference], [])

@@ -6,7 +6,8 @@ decomposer, which reads the operations exactly. Measured three ways, per path:
 - fields: for each kind (meta, query, answer), the share of step positions (of the longer side) where
   both sides have a step and the exact judge (rlkd_ray/gsrm/exact_judge.py) finds the two fields equal;
 - reward: the structure reward each gives against the teacher's structure (exact judge, the paper's
-  gating and x0.5 penalties): how often the two are equal, and their mean absolute difference.
+  gating and x0.5 penalties): how often the two are equal (over all paths, and over the paths the
+  reference rewards at all: two zeros agree without telling much), and their mean absolute difference.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Agreement:
     same_step_count: float  # share of paths with as many candidate steps as reference steps
     fields: Dict[str, float]  # kind -> share of step positions where the candidate's field matches
     same_reward: float  # share of paths whose structure reward is the same from both
+    same_nonzero_reward: float  # the same, over the paths whose reference reward is > 0 (0 if none)
     reward_abs_diff: float  # mean |candidate's reward - reference's reward|
 
 
@@ -58,5 +60,6 @@ def agreement(teachers: Sequence[Structure], reference: Sequence[Structure],
         same_step_count=mean(len(r.steps) == len(c.steps) for r, c in zip(reference, candidate)),
         fields={kind: matched[kind] / positions if positions else 0.0 for kind in JUDGE_KINDS},
         same_reward=mean(a == b for a, b in rewards),
+        same_nonzero_reward=mean([a == b for a, b in rewards if a > 0] or [0.0]),
         reward_abs_diff=mean(abs(a - b) for a, b in rewards),
     )
