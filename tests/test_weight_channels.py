@@ -78,6 +78,24 @@ def test_broadcast_forms_its_group_once_and_anew_when_members_change(actors, tmp
     channel.close()
 
 
+def test_broadcast_group_leaves_out_a_worker_found_dead(actors, tmp_path):
+    cfg, learner, rollouts = actors
+    cfg.cluster.weight_sync = "broadcast"
+    channel = make_channel(cfg, learner, rollouts)
+    step(learner)
+    ray.kill(rollouts.members()[0])
+    loads = channel.publish(1)  # formed over the live worker only: the sync completes
+    assert [wid for _, wid in loads] == [None, 1] and list(channel.members) == [1]
+    ray.get([ref for ref, _ in loads])
+    joins = [j for j in read_records(tmp_path, "join") if j["worker"] != "learner"]
+    assert [(j["worker"], j["first_rank"], j["world_size"]) for j in joins] == [(1, 1, 2)]
+    new = rollouts.replace(0)  # what the driver does once a call to the dead worker fails
+    loads = channel.admit(new, 1)
+    assert [wid for _, wid in loads] == [None, 1, new]
+    ray.get([ref for ref, _ in loads])
+    channel.close()
+
+
 def step(learner: LearnerGroup) -> None:
     """One (fake) train step: the learner then holds version 1."""
     group = FakeSource().group(0, 0)

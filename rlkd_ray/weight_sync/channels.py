@@ -91,12 +91,18 @@ class BroadcastChannel(WeightChannel):
         self.formed = False
 
     def form(self) -> None:
-        """Every member leaves the old group; learner rank 0 (rank 0, the sender) and every rollout
-        worker's engine ranks (1, 2, ...) join a new one on a fresh port."""
+        """Every member leaves the old group; learner rank 0 (rank 0, the sender) and every live rollout
+        worker's engine ranks (1, 2, ...) join a new one on a fresh port. A worker found dead is left
+        out: the driver replaces it when its next call fails, and the replacement is admitted."""
         self.leave(timeout_s=None)
         host, port = ray.get(self.learner.ranks.call(0, "address"))
-        workers = self.rollouts.members()
-        sizes = ray.get([w.sync_ranks.remote() for w in workers.values()])
+        workers, sizes = {}, []
+        for (wid, w), ref in [((wid, w), w.sync_ranks.remote()) for wid, w in self.rollouts.members().items()]:
+            try:
+                sizes.append(ray.get(ref))
+            except RayActorError:
+                continue
+            workers[wid] = w
         world = 1 + sum(sizes)
         joins = [self.learner.ranks.call(0, "join_weight_sync", host, port, world, self.timeout_s)]
         first = 1
