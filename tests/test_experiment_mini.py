@@ -45,7 +45,7 @@ def test_mini_experiment_runs_reports_and_skips_finished_runs(tmp_path, cache_di
     }))
     assert main(["--config", str(exp)]) == 0
     page = (tmp_path / "results" / "repro_mini.md").read_text()
-    for row in ("| base:", "| sft: SFT | 1 |", "| rlkd: RLKD | 1 |"):
+    for row in ("| base:", "| sft: SFT | 1 |", "| rlkd: RLKD | 1 |", "| rlkd | 7 | "):  # means, then each run
         assert row in page
     assert (tmp_path / "results" / "repro_mini_curves.png").stat().st_size > 0
     rlkd = json.loads((tmp_path / "runs" / "rlkd" / "seed_7" / "done.json").read_text())

@@ -286,6 +286,11 @@ def write_report(exp: MiniExperiment, config_path: str, results: List[Dict[str, 
             cells.append(interval(values) if values else "—")
         label = exp.arms[name].label if name in exp.arms else "the starting student (no training)"
         lines.append(f"| {name}: {label} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += ["", "Every run (the cells above are their means):", "",
+              "| arm | seed | " + " | ".join(columns) + " | minutes |", "|---|---:|" + "---:|" * (len(columns) + 1)]
+    for r in results:
+        cells = [f"{r[c]:.3f}" if c in r else "—" for c in columns]
+        lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(cells) + f" | {r.get('wall_s', 0.0) / 60:.1f} |")
     wall = sum(r.get("wall_s", 0.0) for r in results)
     lines += [
         "",
