@@ -46,11 +46,11 @@ def stop_on_signals(stop: StopRequest) -> Iterator[StopRequest]:
 
     def handler(signum: int, frame) -> None:
         count = sum(b in SIGNALS for b in _read_all(received)) or 1  # this call may stand for several
-        if stop.reason is not None or count > 1:  # the second signal: stop at once
-            stop.request(signum)
+        at_once = stop.reason is not None or count > 1  # the second signal: stop at once
+        stop.request(signum)
+        if at_once:
             _restore(previous, previous_fd)
             raise KeyboardInterrupt
-        stop.request(signum)
         # os.write, not print: a signal handler may interrupt a print of the main thread.
         os.write(2, (f"\nrlkd: {stop.reason}: stopping after the step in flight (last checkpoint: "
                      f"{stop.checkpoint or 'none yet'}); send it again to stop at once\n").encode())

@@ -96,13 +96,15 @@ class BroadcastChannel(WeightChannel):
         out: the driver replaces it when its next call fails, and the replacement is admitted."""
         self.leave(timeout_s=None)
         host, port = ray.get(self.learner.ranks.call(0, "address"))
+        members = self.rollouts.members()
+        asked = {wid: w.sync_ranks.remote() for wid, w in members.items()}
         workers, sizes = {}, []
-        for (wid, w), ref in [((wid, w), w.sync_ranks.remote()) for wid, w in self.rollouts.members().items()]:
+        for wid, ref in asked.items():
             try:
                 sizes.append(ray.get(ref))
             except RayActorError:
                 continue
-            workers[wid] = w
+            workers[wid] = members[wid]
         world = 1 + sum(sizes)
         joins = [self.learner.ranks.call(0, "join_weight_sync", host, port, world, self.timeout_s)]
         first = 1
