@@ -129,10 +129,22 @@ class CustomReward:
 
 
 @dataclass
+class AutoscaleConfig:
+    """The reward pool grows while scored groups wait for a busy worker and shrinks while it has more
+    workers than it ever uses (rlkd_ray/controller/autoscale.py); `rlkd scale` still sets the size."""
+
+    max_workers: int = 0  # 0 = off; else the pool stays within [min_workers, max_workers]
+    min_workers: int = 1
+    grow_after_s: float = 30.0  # groups queued behind busy workers this long -> one worker more
+    shrink_after_s: float = 300.0  # fewer calls in flight than workers all this time -> one worker fewer
+
+
+@dataclass
 class RewardConfig:
     """The reward pool: GSRM decomposer and judge engines, the rule rewards and the weighted total."""
 
     num_workers: int = 1  # reward workers; scales independently of the rollout pool
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
     num_cpus: float = 1.0  # per worker
     num_gpus: float = 1.0  # per worker, or per tensor-parallel rank
     weights: RewardWeights = field(default_factory=RewardWeights)
@@ -605,6 +617,12 @@ def validate_ranges(cfg: RLKDConfig) -> None:
     for key, value in weights.items():
         _check(math.isfinite(value), key, value, "a finite number")
     _check(0 <= cfg.reward.judge_min_prob <= 1, "reward.judge_min_prob", cfg.reward.judge_min_prob, "in [0, 1]")
+    auto = cfg.reward.autoscale
+    if auto.max_workers:
+        _check(1 <= auto.min_workers <= auto.max_workers, "reward.autoscale.min_workers", auto.min_workers,
+               f"in [1, reward.autoscale.max_workers = {auto.max_workers}]")
+        for key in ("grow_after_s", "shrink_after_s"):
+            _check(getattr(auto, key) > 0, f"reward.autoscale.{key}", getattr(auto, key), "> 0")
 
 
 # Model fields that are written as a filesystem path (not a hub id `org/name` or a packaged name).

@@ -121,6 +121,14 @@ class FakeReward:
         pass
 
 
+class SlowReward(FakeReward):
+    """A reward stage slower than everything else: 0.8 s a group."""
+
+    def score(self, group: PromptGroup) -> PromptGroup:
+        time.sleep(0.8)
+        return FakeReward.score(self, group)
+
+
 class FirstRewardDies(FakeReward):
     def score(self, group: PromptGroup) -> PromptGroup:
         if self.index == 0:

@@ -17,6 +17,7 @@ from fake_workers import (
     FirstRewardDies,
     FirstRolloutDies,
     RewardThatCannotStart,
+    SlowReward,
     read_records,
 )
 
@@ -91,6 +92,22 @@ def test_dead_workers_are_replaced_and_their_calls_sent_again(ray_cluster, tmp_p
     assert metrics[-1]["faults/workers_replaced"] == 2
     assert all(m["batch/unique_groups"] == P and m["batch/samples"] == P * G for m in metrics)
     assert [t["steps"] for t in read_records(tmp_path, "train")] == [[0], [1], [2]]
+
+
+def test_a_slow_reward_stage_grows_the_autoscaled_pool_and_the_step_time_falls(ray_cluster, tmp_path):
+    """4 groups a step at 0.8 s each on one reward worker; the autoscaler may add up to 3 more."""
+    cfg = fake_cfg(tmp_path, "trainer.prompts_per_step=4", "trainer.total_steps=8", "trainer.max_staleness=1",
+                   "reward.autoscale.max_workers=4", "reward.autoscale.grow_after_s=1")
+    run_driver(cfg, reward=SlowReward)
+    metrics = metrics_of(tmp_path)
+    workers = [m["pool/reward_workers"] for m in metrics]
+    assert workers[-1] > 1 and max(workers) <= 4 and workers == sorted(workers), workers
+    assert metrics[-1]["pool/reward_grown"] == workers[-1] - 1 and metrics[-1]["pool/reward_shrunk"] == 0
+    assert 1 < len({r["worker"] for r in read_records(tmp_path, "reward")}) <= workers[-1]  # new workers scored
+    assert sorted(r["uid"] for r in read_records(tmp_path, "reward")) == sorted(  # each group scored once
+        f"s{s}-p{p}" for s in range(8) for p in range(4))
+    first, last = max(m["time/step"] for m in metrics[:2]), metrics[-1]["time/step"]  # 1 worker: 3.2 s
+    assert last < 0.75 * first, [round(m["time/step"], 2) for m in metrics]
 
 
 def test_a_worker_that_cannot_start_stops_the_run(ray_cluster, tmp_path):

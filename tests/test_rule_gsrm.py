@@ -78,6 +78,11 @@ def test_numbers_with_signs_thousands_and_division_words():
     assert steps == [("4 * 2", "8", 2), ("3 - 8", "-5", 1), ("-5 - 1", "-6", 3)]
 
 
+@pytest.mark.parametrize("text", ["The answer is -6.", "answer: -6", "Answer = -6", "the answer is: -6"])
+def test_a_negative_final_answer_keeps_its_sign(text):
+    assert decompose("Compute 3 - 4 * 2 - 1.", text).final_answer == "-6"
+
+
 def test_a_wrong_result_is_carried_forward_and_the_structure_reward_gates_and_halves():
     steps, answer = steps_of("5 - 2 = 3\n4 * 3 = 13\n3 + 13 = 16\nSo the answer is 16.")
     assert steps == [("5 - 2", "3", 3), ("4 * 3", "13", 2), ("3 + 13", "16", 1)]  # same nodes, wrong values

@@ -28,6 +28,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from rlkd_ray.algo.advantages import group_advantages
 from rlkd_ray.config import RLKDConfig, to_yaml
 from rlkd_ray.controller import checkpointing
+from rlkd_ray.controller.autoscale import PoolAutoscaler
 from rlkd_ray.controller.batching import Batcher, build_batch
 from rlkd_ray.controller.metrics import MetricsWriter, batch_metrics
 from rlkd_ray.controller.placement import start_engine_actor
@@ -129,6 +130,7 @@ class Driver:
         self.control = Control.options(name=control_name(str(self.run_dir.resolve()))).remote(
             {"rollout": r.num_workers, "reward": w.num_workers})
         self.control_checked = time.monotonic()
+        self.autoscaler = PoolAutoscaler(w.autoscale) if w.autoscale.max_workers else None
         self.writer = MetricsWriter(self.run_dir, cfg)
         self.step = 0  # optimizer steps done
         self.saved_step = 0  # step of the newest checkpoint (0: none)
@@ -212,12 +214,18 @@ class Driver:
                     self.on_reward(ref, event)
 
     def apply_control(self) -> None:
-        """Resize the pools to what `rlkd scale` last asked for (checked every few seconds, never
-        while a weight sync is in flight: its members are fixed)."""
+        """Resize the pools to what `rlkd scale` or the reward pool's autoscaler last asked for
+        (checked every few seconds, never while a weight sync is in flight: its members are fixed)."""
         if time.monotonic() - self.control_checked < CONTROL_POLL_S or self.loads:
             return
         self.control_checked = time.monotonic()
-        for name, size in ray.get(self.control.sizes.remote()).items():
+        sizes = ray.get(self.control.sizes.remote())
+        if self.autoscaler is not None:
+            size = self.autoscaler.target(self.control_checked, self.rewards.calls_in_flight(), sizes["reward"])
+            if size != sizes["reward"]:  # kept in Control, where `rlkd scale` reads and sets it
+                ray.get(self.control.set_size.remote("reward", size))
+                sizes["reward"] = size
+        for name, size in sizes.items():
             pool = self.rollouts if name == "rollout" else self.rewards
             if size != len(pool):
                 print(f"scale: {name} pool {len(pool)} -> {size} workers")
@@ -327,6 +335,8 @@ class Driver:
             "faults/reward_resent": self.reward_resent,
             "faults/workers_replaced": self.rollouts.replacements + self.rewards.replacements,
             "pool/rollout_workers": len(self.rollouts), "pool/reward_workers": len(self.rewards),
+            "pool/reward_grown": self.autoscaler.grown if self.autoscaler else 0,
+            "pool/reward_shrunk": self.autoscaler.shrunk if self.autoscaler else 0,
         } | {f"data/{reason}": n for reason, n in self.source.left_out.items()})
         self.writer.log(self.step, metrics)
         if self.step % self.cfg.trainer.sample_log_every == 0:

@@ -4,8 +4,9 @@
 
 An `ActorPool` holds its members by worker id (ids are never re-used) and offers:
 
-- `submit(method, ...)`: a call to the least-loaded live member, tracked until `done(ref)`, so that
-  the calls of a member that died can be sent again;
+- `submit(method, ...)`: a call to the least-loaded live member that has started (any member while
+  none has), tracked until `done(ref)`, so that the calls of a member that died can be sent again;
+  a member added to a running pool gets work once Ray has placed and started it;
 - `call(wid, method, ...)`, `call_all(method, ...)`: untracked calls to one member or to every member;
 - `map_unordered(method, calls)`: a list of calls through the pool, results as they finish;
 - `resize(size)`, `replace(wid)`, `shutdown()`.
@@ -39,6 +40,7 @@ class ActorPool:
         self._load: Dict[int, int] = {}  # worker id -> tracked calls in flight
         self._inflight: Dict[ray.ObjectRef, int] = {}  # tracked reference -> worker id
         self._retiring: Dict[int, Any] = {}  # removed from dispatch, closed once their calls finish
+        self._starting: Dict[ray.ObjectRef, int] = {}  # `__ray_ready__` of members not yet seen started
         self.replacements = 0
         self.resize(size)
 
@@ -56,11 +58,24 @@ class ActorPool:
         """Ids of the live members with tracked calls in flight."""
         return [wid for wid in self.ids() if self._load[wid]]
 
+    def calls_in_flight(self) -> int:
+        """Tracked calls of the live members not yet `done` (running or queued)."""
+        return sum(self._load.values())
+
+    def started(self) -> List[int]:
+        """Ids of the live members Ray has started (or failed to start: their calls then fail)."""
+        if self._starting:
+            ready, _ = ray.wait(list(self._starting), num_returns=len(self._starting), timeout=0)
+            for ref in ready:
+                self._starting.pop(ref)
+        starting = set(self._starting.values())
+        return [wid for wid in self.ids() if wid not in starting]
+
     # -- calls -------------------------------------------------------------------------------------
     def submit(self, method: str, *args) -> Tuple[Any, int]:
         """(the call's reference(s), worker id) of a call to the least-loaded member (lowest id on a
         tie). The first reference is tracked until `done`: it fails if the worker dies."""
-        wid = min(self._members, key=lambda w: (self._load[w], w))
+        wid = min(self.started() or self._members, key=lambda w: (self._load[w], w))
         refs = getattr(self._members[wid], method).remote(*args)
         self._inflight[refs[0] if isinstance(refs, list) else refs] = wid
         self._load[wid] += 1
@@ -138,6 +153,7 @@ class ActorPool:
             return None
         _close(self._members.pop(wid), self.groups.pop(wid, None))
         self._load.pop(wid)
+        self._forget_start(wid)
         self.replacements += 1
         return self._add()
 
@@ -150,6 +166,7 @@ class ActorPool:
         self._members.clear()
         self._retiring.clear()
         self._inflight.clear()
+        self._starting.clear()
 
     def _add(self) -> int:
         wid = next(self._ids)
@@ -157,12 +174,17 @@ class ActorPool:
         if group is not None:
             self.groups[wid] = group
         self._load[wid] = 0
+        self._starting[self._members[wid].__ray_ready__.remote()] = wid
         return wid
 
     def _retire(self, wid: int) -> None:
         self._retiring[wid] = self._members.pop(wid)
         self._load.pop(wid)
+        self._forget_start(wid)
         self._close_if_idle(wid)
+
+    def _forget_start(self, wid: int) -> None:
+        self._starting = {ref: w for ref, w in self._starting.items() if w != wid}
 
     def _close_if_idle(self, wid: int) -> None:
         if wid in self._retiring and wid not in self._inflight.values():

@@ -213,7 +213,7 @@ def problem_expression(problem: str) -> Optional[List[Token]]:
     return arith.tokenize(expr) if expr else None
 
 
-_ANSWER_IS = re.compile(r"answer\W{0,3}(?:is\W{0,3}|:|=)\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"answer[^\w-]{0,3}(?:is[^\w-]{0,3}|:|=)\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 def final_answer(text: str) -> Optional[str]:
