@@ -62,7 +62,7 @@ def test_a_save_killed_part_way_is_ignored_and_cleared(tmp_path):
     (lambda c: (c / checkpointing.STATE_FILE).unlink(), "no trainer_state.json"),
     (lambda c: (c / checkpointing.STATE_FILE).write_text('{"step": 4'), "unreadable trainer_state.json"),
 ])
-def test_a_corrupt_checkpoint_is_named_and_the_previous_one_used(tmp_path, damage, what):
+def test_a_corrupt_checkpoint_is_named_and_the_previous_one_used(tmp_path, damage, what, scenario):
     previous = save(tmp_path, 2)
     newest = save(tmp_path, 4)
     damage(newest)
@@ -72,6 +72,9 @@ def test_a_corrupt_checkpoint_is_named_and_the_previous_one_used(tmp_path, damag
     assert re.search(what, warnings[0]), warnings[0]
     # saving that step again replaces the corrupt folder
     assert save(tmp_path, 4) == newest and checkpointing.latest_checkpoint(tmp_path) == newest
+    scenario.record("fault", f"a corrupt newest checkpoint at resume: {what.replace(chr(92), '')}",
+                    survived="the checkpoint before it, used; the corrupt one named in a warning",
+                    lost="the steps after the previous checkpoint (trained again)")
 
 
 def test_no_checkpoint(tmp_path):

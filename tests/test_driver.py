@@ -78,7 +78,7 @@ def test_steps_train_in_order_on_their_own_groups_within_the_staleness_bound(ray
             (w, v) for w in (0, 1) for v in (1, 2, 3)]
 
 
-def test_dead_workers_are_replaced_and_their_calls_sent_again(ray_cluster, tmp_path):
+def test_dead_workers_are_replaced_and_their_calls_sent_again(ray_cluster, tmp_path, scenario):
     """Rollout worker 0 dies on its first group, reward worker 0 on its first scoring (one worker
     each: every call in flight is lost)."""
     run_driver(fake_cfg(tmp_path), rollout=FirstRolloutDies, reward=FirstRewardDies)
@@ -92,9 +92,12 @@ def test_dead_workers_are_replaced_and_their_calls_sent_again(ray_cluster, tmp_p
     assert metrics[-1]["faults/workers_replaced"] == 2
     assert all(m["batch/unique_groups"] == P and m["batch/samples"] == P * G for m in metrics)
     assert [t["steps"] for t in read_records(tmp_path, "train")] == [[0], [1], [2]]
+    scenario.record("fault", "the only rollout worker and the only reward worker die on their first call "
+                    "(stand-in workers)", survived="every group generated once and scored, in order",
+                    lost="nothing", workers_replaced=metrics[-1]["faults/workers_replaced"])
 
 
-def test_a_slow_reward_stage_grows_the_autoscaled_pool_and_the_step_time_falls(ray_cluster, tmp_path):
+def test_a_slow_reward_stage_grows_the_autoscaled_pool_and_the_step_time_falls(ray_cluster, tmp_path, scenario):
     """4 groups a step at 0.8 s each on one reward worker; the autoscaler may add up to 3 more."""
     cfg = fake_cfg(tmp_path, "trainer.prompts_per_step=4", "trainer.total_steps=8", "trainer.max_staleness=1",
                    "reward.autoscale.max_workers=4", "reward.autoscale.grow_after_s=1")
@@ -108,6 +111,10 @@ def test_a_slow_reward_stage_grows_the_autoscaled_pool_and_the_step_time_falls(r
         f"s{s}-p{p}" for s in range(8) for p in range(4))
     first, last = max(m["time/step"] for m in metrics[:2]), metrics[-1]["time/step"]  # 1 worker: 3.2 s
     assert last < 0.75 * first, [round(m["time/step"], 2) for m in metrics]
+    scenario.record("load", "a reward stage slower than the rest (0.8 s a group, one worker, reward.autoscale "
+                    "max_workers 4, stand-in workers)", survived="every group scored once; the pool grew and the "
+                    "step time fell", lost="nothing", reward_workers=workers[-1], first_step_s=round(first, 2),
+                    last_step_s=round(last, 2))
 
 
 def test_a_worker_that_cannot_start_stops_the_run(ray_cluster, tmp_path):

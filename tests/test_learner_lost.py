@@ -22,7 +22,7 @@ def test_message_names_the_last_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["load", "train"])
-def test_a_dead_learner_stops_the_run(tmp_path, monkeypatch, kind):
+def test_a_dead_learner_stops_the_run(tmp_path, monkeypatch, kind, scenario):
     def dead(_):
         raise RayActorError()
 
@@ -34,3 +34,6 @@ def test_a_dead_learner_stops_the_run(tmp_path, monkeypatch, kind):
             trainer.on_load(object(), WeightLoad(7, None))  # the learner's own part of a sync
         else:
             trainer.on_train(TrainStep([object()], [], 0.0))
+    scenario.record("fault", f"a learner rank lost during {'a weight sync' if kind == 'load' else 'a train step'}",
+                    survived="the run stops with a message naming the last checkpoint and the resume setting",
+                    lost="the steps after the last checkpoint (the learner's state lives only in its ranks)")

@@ -102,7 +102,7 @@ def start_long_run(run_dir, tiny_model_path, cache_dir, log_dir, name):
     return proc, descendants(proc)
 
 
-def test_sigterm_stops_at_a_safe_point_checkpoints_and_resumes(tiny_model_path, cache_dir, tmp_path):
+def test_sigterm_stops_at_a_safe_point_checkpoints_and_resumes(tiny_model_path, cache_dir, tmp_path, scenario):
     run_dir = tmp_path / "run"
     proc, started = start_long_run(run_dir, tiny_model_path, cache_dir, tmp_path, "first")
     proc.send_signal(signal.SIGTERM)
@@ -124,9 +124,12 @@ def test_sigterm_stops_at_a_safe_point_checkpoints_and_resumes(tiny_model_path, 
     assert f"resume: {ckpt} (step {n}, policy version {n})" in out
     assert metric_steps(run_dir) == list(range(1, n + 2))
     assert checkpointing.read_state(checkpointing.latest_checkpoint(run_dir))["version"] == n + 1
+    scenario.record("fault", "SIGTERM to `rlkd train` mid-run (preemption), then the printed resume command",
+                    survived="the step in flight, a checkpoint of it, every actor ended; the resumed run's metrics go "
+                             "on without a gap or a repeat", lost="nothing", steps_before_stop=n)
 
 
-def test_second_ctrl_c_stops_at_once(tiny_model_path, cache_dir, tmp_path):
+def test_second_ctrl_c_stops_at_once(tiny_model_path, cache_dir, tmp_path, scenario):
     run_dir = tmp_path / "run"
     proc, started = start_long_run(run_dir, tiny_model_path, cache_dir, tmp_path, "run")
     proc.send_signal(signal.SIGINT)
@@ -140,10 +143,13 @@ def test_second_ctrl_c_stops_at_once(tiny_model_path, cache_dir, tmp_path):
     # (the "stopping after the step in flight" line only if the driver ran its handler between the two)
     assert "rlkd train: stopped at once; last checkpoint: " in err and "trainer.resume=true" in err
     assert_all_ended(started)
+    scenario.record("fault", "Ctrl-C twice on `rlkd train`", survived="the last checkpoint, named with the resume "
+                    "command; no process left", lost="the step in flight (the second Ctrl-C asks for that)",
+                    seconds_to_exit=round(time.time() - t0, 1))
 
 
 def test_kill_9_during_a_checkpoint_save_leaves_no_process_and_resumes_from_the_one_before(
-        tiny_model_path, cache_dir, tmp_path):
+        tiny_model_path, cache_dir, tmp_path, scenario):
     run_dir = tmp_path / "run"
     # A learning rate that changes every step (warmup, then cosine): the resumed schedule position shows.
     args = train_args(run_dir, tiny_model_path, cache_dir, "trainer.total_steps=4", "trainer.save_every=1",
@@ -180,3 +186,7 @@ def test_kill_9_during_a_checkpoint_save_leaves_no_process_and_resumes_from_the_
             for key in ("reward/total", "response_length", "learner/kl", "learner/grad_norm", "learner/lr"):
                 assert m[key] == pytest.approx(killed_attempt[m["step"]][key], rel=1e-4, abs=1e-6, nan_ok=True), key
     assert checkpointing.latest_checkpoint(run_dir) == checkpointing.step_dir(run_dir, 4)
+    scenario.record("fault", "SIGKILL of `rlkd train` in the middle of a checkpoint save, then trainer.resume=true",
+                    survived="no process left; the previous checkpoint is used; the redone steps equal the killed "
+                             "attempt's (every reward, KL, grad norm, lr; transformers engine)",
+                    lost="nothing: the partial save is ignored and cleared", killed_saving_step=k, resumed_from=j)
