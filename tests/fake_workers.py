@@ -129,6 +129,15 @@ class SlowReward(FakeReward):
         return FakeReward.score(self, group)
 
 
+class DiesDuringBroadcast(FakeRollout):
+    """Worker 0 dies (its process exits) while it receives the first broadcast of new weights."""
+
+    def receive_weights(self) -> float:
+        if self.index == 0:
+            os._exit(1)
+        return FakeRollout.receive_weights(self)
+
+
 class FirstRewardDies(FakeReward):
     def score(self, group: PromptGroup) -> PromptGroup:
         if self.index == 0:

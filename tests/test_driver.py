@@ -10,6 +10,7 @@ import pytest
 import ray
 from fake_workers import (
     STEP_TOKEN,
+    DiesDuringBroadcast,
     FakeLearner,
     FakeReward,
     FakeRollout,
@@ -95,6 +96,23 @@ def test_dead_workers_are_replaced_and_their_calls_sent_again(ray_cluster, tmp_p
     scenario.record("fault", "the only rollout worker and the only reward worker die on their first call "
                     "(stand-in workers)", survived="every group generated once and scored, in order",
                     lost="nothing", workers_replaced=metrics[-1]["faults/workers_replaced"])
+
+
+def test_a_rollout_worker_dying_during_a_weight_broadcast_is_replaced_and_brought_up_to_date(ray_cluster, tmp_path,
+                                                                                           scenario):
+    cfg = fake_cfg(tmp_path, "rollout.num_workers=2", "cluster.weight_sync=broadcast")
+    summary = run_driver(cfg, rollout=DiesDuringBroadcast)
+    assert summary["steps"] == 3
+    assert [t["steps"] for t in read_records(tmp_path, "train")] == [[0], [1], [2]]
+    metrics = metrics_of(tmp_path)
+    assert all(m["batch/unique_groups"] == P and m["batch/samples"] == P * G for m in metrics)
+    assert metrics[-1]["faults/workers_replaced"] == 1
+    received = read_records(tmp_path, "receive")
+    assert 0 not in {r["worker"] for r in received}  # worker 0 died in its first receive
+    assert {r["worker"] for r in received if r["version"] == 3} == {1, 2}  # the replacement holds the last version
+    scenario.record("fault", "a rollout worker dies while it receives a weight broadcast (stand-in workers)",
+                    survived="the group formed anew with its replacement, which loads the current version; every "
+                    "step trained once", lost="nothing", workers_replaced=metrics[-1]["faults/workers_replaced"])
 
 
 def test_a_slow_reward_stage_grows_the_autoscaled_pool_and_the_step_time_falls(ray_cluster, tmp_path, scenario):
