@@ -13,7 +13,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install train-local prepare test test-fast lint repro-mini bench bench-engines bench-trl bench-sync bench-driver reliability-doc clean
+.PHONY: install train-local prepare test test-fast lint repro-mini bench bench-engines bench-trl bench-sync bench-driver bench-rewards reliability-doc clean
 
 install: $(STAMPS)/install
 
@@ -61,7 +61,7 @@ config-doc: install
 
 # Each benchmark runs all its contenders one after the other in one invocation, prints ratios and
 # writes its table into docs/benchmarks.md. Run them on a quiet machine: ARGS passes options through.
-bench: bench-engines bench-sync bench-driver bench-trl
+bench: bench-engines bench-sync bench-driver bench-rewards bench-trl
 
 bench-engines: prepare
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/engines.py $(ARGS)
@@ -80,6 +80,9 @@ bench-sync: prepare
 
 bench-driver: prepare
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/driver_scale.py $(ARGS)
+
+bench-rewards: prepare
+	$(BIN)/python benchmarks/reward_calls.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
