@@ -223,3 +223,11 @@ class Echo:
 
     def close(self) -> None:
         pass
+
+
+class SlowStart(Echo):
+    """An Echo that takes `seconds` to start (a model loading, a node being added)."""
+
+    def __init__(self, wid: int, seconds: float = 0.0):
+        time.sleep(seconds)
+        Echo.__init__(self, wid)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import ray
-from fake_workers import Echo
+from fake_workers import Echo, SlowStart
 from ray.exceptions import RayActorError
 
 from rlkd_ray.controller.pools import ActorPool
@@ -28,6 +28,20 @@ def test_submit_goes_to_the_least_loaded_worker(ray_cluster):
         assert ray.get(calls[3][0]) == (0, 3)
         assert ray.get(pool.call(2, "work", "x")) == (2, "x")
         assert ray.get(list(pool.call_all("work", "y").values())) == [(0, "y"), (1, "y"), (2, "y")]
+    finally:
+        pool.shutdown()
+
+
+def test_a_member_still_starting_gets_calls_only_once_it_has_started(ray_cluster):
+    slow = ray.remote(num_cpus=0.05)(SlowStart)
+    pool = ActorPool("echo", lambda wid: (slow.remote(wid, 3.0 if wid else 0.0), None), 1)
+    try:
+        ray.get(pool.call(0, "work", "up"))
+        assert pool.resize(2) == [1]
+        calls = [pool.submit("work", i) for i in range(3)]
+        assert [wid for _, wid in calls] == [0, 0, 0]  # worker 1 is still starting
+        ray.get(pool.call(1, "work", "up"))
+        assert pool.started() == [0, 1] and pool.submit("work", 3)[1] == 1
     finally:
         pool.shutdown()
 
