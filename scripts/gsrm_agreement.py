@@ -109,6 +109,7 @@ def page(args, rollouts: list, rule_read: float, rule_final: float, rows: list, 
             f"{a['fields']['meta']:.3f} | {a['fields']['query']:.3f} | {a['fields']['answer']:.3f} | "
             f"{a['same_reward']:.3f} | {a['same_nonzero_reward']:.3f} | {a['reward_abs_diff']:.3f} | "
             f"{row['seconds_per_path']:.2f} |")
+    lines += [""] + [f"- {row['label']}: {row['note']}" for row in rows if row.get("note")]
     lines += ["", f"Machine: {machine()}; versions: {versions()}.", "", "## Examples", ""]
     for ex in examples:
         lines += [f"**{ex['problem']}**", "", "```", ex["text"].strip(), "```", "",
@@ -125,6 +126,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gsrm", help="the GSRM model (default: the config's model.gsrm)")
     p.add_argument("--label", default="few-shot SmolLM2-135M-Instruct")
+    p.add_argument("--note", default="", help="how this GSRM was made (shown under the table)")
     p.add_argument("--rollouts", default="runs/gsrm_agreement/rollouts.jsonl")
     p.add_argument("--results", default="runs/gsrm_agreement/results.json")
     p.add_argument("--output", default="docs/gsrm_agreement.md")
@@ -139,7 +141,7 @@ def main() -> None:
     teachers = [parse_structure(r["teacher_structure"]) for r in rollouts]
     result = {"label": args.label, "gsrm": gsrm, "agreement": asdict(agreement(teachers, rule, structures)),
               "seconds_per_path": seconds / len(pairs), "shots": cfg.reward.decompose_examples,
-              "max_new_tokens": cfg.reward.decompose_max_new_tokens, "command": " ".join(sys.argv[1:])}
+              "max_new_tokens": cfg.reward.decompose_max_new_tokens, "command": " ".join(sys.argv[1:]), "note": args.note}
     print(json.dumps(result, indent=1))
 
     results_path = Path(args.results)

@@ -50,6 +50,8 @@ def test_mini_experiment_runs_reports_and_skips_finished_runs(tmp_path, cache_di
     assert (tmp_path / "results" / "repro_mini_curves.png").stat().st_size > 0
     rlkd = json.loads((tmp_path / "runs" / "rlkd" / "seed_7" / "done.json").read_text())
     assert 0.0 <= rlkd["arith_test/pass@1"] <= 1.0 and 0.0 <= rlkd["zero_signal_groups"] <= 1.0
+    sittings = json.loads((tmp_path / "runs" / "rlkd" / "seed_7" / "sittings.json").read_text())
+    assert len(sittings) == 1 and rlkd["wall_s"] == sum(sittings) > 0  # the minutes of every sitting
     log = (tmp_path / "runs" / "rlkd" / "seed_7" / "log.txt").read_text()
     assert log.count("$ rlkd train") == 1 and log.count("$ rlkd eval") == 2
     assert main(["--config", str(exp)]) == 0  # everything done: nothing runs again

@@ -134,13 +134,20 @@ def run_one(exp: MiniExperiment, name: str, seed: int) -> Dict[str, Any]:
         print(f"[repro-mini] {name} seed {seed}: done, skipped")
         return json.loads(done.read_text())
     print(f"[repro-mini] {name} seed {seed}: running in {run_dir}", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sittings = run_dir / "sittings.json"  # seconds of every sitting that worked on this run, interrupted ones too
+    earlier = json.loads(sittings.read_text()) if sittings.is_file() else []
     start = time.perf_counter()
-    if name == BASE:
-        model = load_config(exp.base_config, exp.common).model.student
-    else:
-        model = str(train(exp, exp.arms[name], seed, run_dir))
-    evaluate(exp, model, seed, run_dir)
-    result = summarise_run(exp, name, seed, run_dir) | {"wall_s": time.perf_counter() - start, "model": model}
+    try:
+        if name == BASE:
+            model = load_config(exp.base_config, exp.common).model.student
+        else:
+            model = str(train(exp, exp.arms[name], seed, run_dir))
+        evaluate(exp, model, seed, run_dir)
+    finally:
+        sittings.write_text(json.dumps(earlier + [round(time.perf_counter() - start, 1)]) + "\n")
+    result = summarise_run(exp, name, seed, run_dir) | {"wall_s": sum(json.loads(sittings.read_text())),
+                                                         "model": model}
     done.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -296,7 +303,9 @@ def write_report(exp: MiniExperiment, config_path: str, results: List[Dict[str, 
         "",
         "![learning curves](repro_mini_curves.png)",
         "",
-        f"Wall time of the runs above: {wall / 3600:.2f} h in all (summed over runs, one at a time).",
+        f"Wall time of the runs above: {wall / 3600:.2f} h in all (summed over runs, one at a time; a run's minutes "
+        "add up every sitting that worked on it, except for runs finished before sittings were recorded, which "
+        "count their last sitting only).",
         f"Machine: {machine()}; versions: {versions()}.",
     ]
     if missing:
