@@ -3,6 +3,8 @@ their queued calls first), replacement, and `map_unordered`'s re-sends."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import ray
 from fake_workers import Echo, SlowStart
@@ -56,8 +58,11 @@ def test_resize_grows_and_shrinks_retiring_workers_after_their_calls(ray_cluster
         assert pool.submit("work", "next")[1] == 0  # it takes no new call ...
         assert ray.get(calls[1][0]) == (1, 1)  # ... but its queued call still finishes ...
         pool.done(calls[1][0])
-        with pytest.raises(RayActorError):  # ... and then it is closed
-            ray.get(retired.work.remote("late"))
+        with pytest.raises(RayActorError):  # ... and then it is closed (ray.kill lands a moment later)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                ray.get(retired.work.remote("late"))
+                time.sleep(0.1)
         assert pool.resize(3) == [2, 3] and pool.ids() == [0, 2, 3]
         with pytest.raises(ValueError, match="echo pool size must be >= 1"):
             pool.resize(0)

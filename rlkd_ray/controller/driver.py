@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Set, Union
 import ray
 import torch
 from ray.exceptions import RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rlkd_ray.algo.advantages import group_advantages
 from rlkd_ray.config import RLKDConfig, to_yaml
@@ -127,7 +128,9 @@ class Driver:
         self.batcher = Batcher(cfg.trainer.prompts_per_step, r.group_size)
         self.learner = LearnerGroup(workers.learner, cfg)
         self.channel = make_channel(cfg, self.learner, self.rollouts)  # WeightSync
-        self.control = Control.options(name=control_name(str(self.run_dir.resolve()))).remote(
+        # The pool sizes of `rlkd scale`, on the driver's own node: a lost worker node takes no run with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.control = Control.options(name=control_name(str(self.run_dir.resolve())), scheduling_strategy=here).remote(
             {"rollout": r.num_workers, "reward": w.num_workers})
         self.control_checked = time.monotonic()
         self.autoscaler = PoolAutoscaler(w.autoscale) if w.autoscale.max_workers else None
