@@ -95,7 +95,7 @@ def pairs(rows: List[Dict[str, str]], seed: int, domain: str) -> Iterator[Dict[s
     one in `TEACHER_EVERY`; paths without a clean structure are left out."""
     rng = random.Random(f"rlkd-arith-pairs/{seed}")
     for n, row in enumerate(rows):
-        expr = row["problem"].removeprefix("Compute ").removesuffix(".")
+        expr = arith.normalized_expression(row["problem"])
         if n % TEACHER_EVERY == 0:
             yield {"id": f"{row['id']}/teacher", "problem": row["problem"], "reasoning": row["teacher_reasoning"],
                    "domain": domain, "target": row["teacher_structure"], "annotator": "the domain's teacher"}
