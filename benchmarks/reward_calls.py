@@ -18,6 +18,7 @@ without prepared structures.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -116,8 +117,10 @@ def main() -> None:
             for g in groups:
                 for s in g.samples:
                     s.rewards = {}
-            start = time.perf_counter()
-            rewards = [pattern(scorer, g) for g in groups]
+            start, rewards = time.perf_counter(), []
+            for i, g in enumerate(groups):
+                rewards.append(pattern(scorer, g))
+                print(f"{name}: group {i + 1}/{len(groups)} scored, {time.perf_counter() - start:.1f} s", flush=True)
             results[name] = (time.perf_counter() - start, engine.calls, engine.prompts, rewards)
     finally:
         base.close()
@@ -126,7 +129,7 @@ def main() -> None:
     rows = [(name, len(groups) / secs, secs / len(groups), calls / samples, prompts / samples,
              _report.ratio(results["released"][0], secs))
             for name, (secs, calls, prompts, _) in results.items()]
-    body = (f"{len(groups)} groups of {cfg.rollout.group_size} real student paths (`{args.config}`: "
+    body = (f"{len(groups)} groups of {cfg.rollout.group_size} real student paths (`{os.path.relpath(args.config, ROOT)}`: "
             f"{cfg.model.gsrm} as GSRM and judge on {cfg.reward.engine.backend}, {args.threads} threads, greedy "
             f"decompositions of up to {cfg.reward.decompose_max_new_tokens} tokens). Structure rewards equal between "
             f"the two patterns: {same} of {samples}.\n\n"

@@ -116,7 +116,8 @@ class SleepEngine:
         pass
 
 
-def make_sleep_engine(engine_cfg, model_path: str, dtype: str, seed: int = 0) -> SleepEngine:
+def make_sleep_engine(engine_cfg, model_path: str, dtype: str, seed: int = 0, gpus: float = 1.0) -> SleepEngine:
+    """`rlkd_ray.engines.make_engine`'s signature (tests/test_benchmarks.py keeps them equal)."""
     return SleepEngine(Latencies.from_env(), seed)
 
 
@@ -144,7 +145,17 @@ class SleepLearner:
         raise NotImplementedError("sleep engines use cluster.weight_sync: object_store")
 
     def save(self, ckpt_dir: str, client_state: dict) -> None:
-        os.makedirs(ckpt_dir, exist_ok=True)  # the driver writes its state beside the weights
+        """The parts a checkpoint must have to be committed (rlkd_ray/controller/checkpointing.py),
+        with this learner's small state: DeepSpeed state and a Hugging Face student."""
+        from safetensors.torch import save_file
+
+        os.makedirs(os.path.join(ckpt_dir, "deepspeed"), exist_ok=True)
+        os.makedirs(os.path.join(ckpt_dir, "hf"), exist_ok=True)
+        with open(os.path.join(ckpt_dir, "deepspeed", "sleep_learner.json"), "w") as f:
+            json.dump({"steps": self.steps, **client_state}, f, default=str)
+        with open(os.path.join(ckpt_dir, "hf", "config.json"), "w") as f:
+            json.dump({"model_type": "sleep"}, f)
+        save_file(self.weights, os.path.join(ckpt_dir, "hf", "model.safetensors"))
 
     def load(self, ckpt_dir: str) -> dict:
         return {}

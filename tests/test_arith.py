@@ -192,7 +192,7 @@ def test_data_train_kind_arith_builds_the_schema_and_prepares(tmp_path):
     prepared = prepare_data(cfg, tmp_path)
     assert prepared.rows == {"train": 300, "arith_test": 120, "arith_hard": 60}
     hard = [r["problem"] for r in arith.build_splits(SMALL)["arith_hard"]]
-    assert load_split(tmp_path, "arith", "arith_hard")["problem"] == hard
+    assert load_split(tmp_path, cfg, "arith_hard")["problem"] == hard
     assert not prepare_data(replace(cfg, arith=replace(SMALL, seed=9)), tmp_path).reused  # knobs are in the key
 
 

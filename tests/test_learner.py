@@ -9,7 +9,7 @@ import torch
 from rlkd_ray.config import load_config
 from rlkd_ray.controller.batching import build_batch, micro_batches, shard
 from rlkd_ray.controller.samples import Problem, PromptGroup, Sample
-from rlkd_ray.learner.policy import lr_lambda, token_logprobs
+from rlkd_ray.learner.policy import first_scored_position, lr_lambda, token_logprobs
 
 
 def make_groups(model_path, n_groups=2, group_size=4, seed=0):
@@ -52,6 +52,34 @@ def test_batch_layout(tiny_model_path):
     mbs = list(micro_batches(halves[0], 3))
     assert [len(m) for m in mbs] == [3, 1]
     assert sum(m.loss_mask.sum() for m in mbs) == halves[0].loss_mask.sum()
+
+
+def test_prompt_positions_are_skipped_with_the_same_scored_logprobs_and_gradients(tiny_model_path):
+    """The learner computes logits only from the first completion token on (`first`): the scored
+    log-probs, entropies and the gradient of a masked loss equal those of the full computation."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    batch = build_batch(make_groups(tiny_model_path, group_size=3), pad_id=0)
+    first = first_scored_position(batch.loss_mask)
+    assert 1 < first == min(int(row.nonzero()[0]) for row in batch.loss_mask)
+    mask = batch.loss_mask.float()
+    results = []
+    for f in (1, first):
+        model.zero_grad()
+        logp, entropy = token_logprobs(model, batch.input_ids, batch.attention_mask, 0.7, with_entropy=True,
+                                       entropy_grad=True, chunk_tokens=5, first=f)
+        assert logp.shape == entropy.shape == batch.input_ids.shape
+        ((logp + 0.1 * entropy) * mask).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((logp.detach(), entropy.detach(), grads))
+    (full_logp, full_ent, full_grad), (logp, ent, grad) = results
+    assert torch.equal(logp[:, :first], torch.zeros_like(logp[:, :first]))
+    torch.testing.assert_close(logp[:, first:], full_logp[:, first:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent[:, first:], full_ent[:, first:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, full_grad, rtol=1e-4, atol=1e-5)
+    assert first_scored_position(torch.zeros(2, 7)) == 7  # nothing scored: nothing computed
 
 
 def test_lr_schedule_warmup_then_constant():

@@ -31,9 +31,9 @@ def test_store_writes_a_new_version_and_lists_failures(tmp_path):
     config_before = json.loads((root / MARKER).read_text())["config"]
     failed = Structure([], None, ["no step tags found", "no 'So the final answer is:' line"])
     partial = Structure([Step("Add.", "What is 1 + 1?", "")], None, ["step 1: [Answer] is empty", "no 'So"])
-    store_structures(cfg.paths.cache_dir, "traces", {"a": GOOD, "b": failed, "c": partial}, {"gsrm": "test"})
+    store_structures(root, {"a": GOOD, "b": failed, "c": partial}, {"gsrm": "test"})
 
-    split = load_split(cfg.paths.cache_dir, "traces", "train")
+    split = load_split(cfg.paths.cache_dir, cfg.data, "train")
     stored = dict(zip(split["id"], split["teacher_structure"]))
     assert stored == {"a": format_structure(GOOD), "b": None,
                       "c": "[sub-think 1]: Add.\n[Query 1]: What is 1 + 1?\n[Answer 1]:"}
@@ -45,7 +45,7 @@ def test_store_writes_a_new_version_and_lists_failures(tmp_path):
     marker = json.loads((root / MARKER).read_text())
     assert marker["teacher_structures"] == {"gsrm": "test"} and marker["config"] == config_before
     assert prepare_data(cfg.data, cfg.paths.cache_dir).reused  # prepare-data keeps this version
-    assert sorted(p.name for p in root.parent.iterdir()) == ["traces"]  # no temporary or old folder left
+    assert [p.name for p in root.parent.iterdir()] == [root.name]  # no temporary or old folder left
 
 
 def test_rows_with_a_structure_are_kept(tmp_path):
@@ -71,7 +71,7 @@ def test_prepare_structures_on_math_rows(ray_cluster, student_path, tmp_path):
     errors = {e["id"]: e for e in map(json.loads, open(summary.errors_file))}
     assert len(errors) == 3 == summary.failures + summary.with_warnings  # cut at 24 tokens: never clean
     assert sum(e["kind"] == "failure" for e in errors.values()) == summary.failures
-    split = load_split(cfg.paths.cache_dir, "math3", "train")
+    split = load_split(cfg.paths.cache_dir, cfg.data, "train")
     assert set(errors) == set(split["id"])
     for id, text in zip(split["id"], split["teacher_structure"]):
         assert errors[id]["errors"]

@@ -98,7 +98,7 @@ class PromptSource:
         self.completion_prefix = forced_prefix(self.tokenizer)
         self.pad_id = pad_token_id(self.tokenizer)
         prepared = prepare_data(cfg.data, cfg.paths.cache_dir)
-        dataset = load_split(cfg.paths.cache_dir, cfg.data.name, "train")
+        dataset = load_split(cfg.paths.cache_dir, cfg.data, "train")
         self.problems: List[Problem] = []
         self.prompt_ids: List[List[int]] = []
         too_long = 0

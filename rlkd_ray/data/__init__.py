@@ -1,5 +1,5 @@
-"""Problems with gold answers and teacher reasoning: built once per dataset, cached under
-`<cache_dir>/data/<name>/` with splits `train` + the eval splits (`math500`, `gsm8k`)."""
+"""Problems with gold answers and teacher reasoning: built once per data configuration, cached under
+`<cache_dir>/data/<name>/<key>/` with splits `train` + the eval splits (`math500`, `gsm8k`, ...)."""
 
 from rlkd_ray.data.errors import BadRow, DataError
 from rlkd_ray.data.prepare import PreparedData, load_split, prepare_data

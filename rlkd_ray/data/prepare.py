@@ -1,12 +1,15 @@
-"""Build the splits of `data` once into `<cache_dir>/data/<name>/` and load them back.
+"""Build the splits of `data` once into `<cache_dir>/data/<name>/<key>/` and load them back.
 
 The folder is a `datasets.DatasetDict` (`save_to_disk`) with `train` and each eval split, plus a
 marker recording the configuration it was built from and the row counts; a later call with the same
-configuration re-uses it.
+configuration re-uses it. `<key>` is a digest of that configuration, so runs with other data settings
+(a benchmark's smaller `data.train.limit`, say) build beside it instead of over it, and a run never
+reads rows another run built for other settings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -45,8 +48,10 @@ class PreparedData:
         return self.train_stats.filtered
 
 
-def data_root(cache_dir: str | Path, name: str) -> Path:
-    return Path(cache_dir).expanduser() / "data" / name
+def data_root(cache_dir: str | Path, data_cfg: DataConfig) -> Path:
+    """`<cache_dir>/data/<name>/<digest of the build key>`: one folder per configuration."""
+    digest = hashlib.sha256(json.dumps(_build_key(data_cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir).expanduser() / "data" / data_cfg.name / digest
 
 
 def _build_key(data_cfg: DataConfig) -> Dict:
@@ -82,14 +87,12 @@ def prepare_data(data_cfg: DataConfig, cache_dir: str | Path, force: bool = Fals
     for name in data_cfg.eval:
         if name not in EVAL_SPLITS:
             raise DataError(f"'data.eval' names unknown split {name!r}; choose from {', '.join(EVAL_SPLITS)}")
-    root = data_root(cache_dir, data_cfg.name)
+    root = data_root(cache_dir, data_cfg)
     key = _build_key(data_cfg)
     marker = _read_marker(root)
     if marker is not None and not force:
-        if marker["config"] == key:
-            print(f"[data] {data_cfg.name}: re-using {root} ({_rows_text(marker['rows'])})", flush=True)
-            return _prepared(root, marker, reused=True)
-        print(f"[data] {data_cfg.name}: {root} was built from another configuration; rebuilding", flush=True)
+        print(f"[data] {data_cfg.name}: re-using {root} ({_rows_text(marker['rows'])})", flush=True)
+        return _prepared(root, marker, reused=True)
 
     t0 = time.perf_counter()
     train, train_stats = build_source(data_cfg.train, data_cfg.skip_bad_rows, data_cfg.arith)
@@ -105,7 +108,11 @@ def prepare_data(data_cfg: DataConfig, cache_dir: str | Path, force: bool = Fals
         datasets.DatasetDict(splits).save_to_disk(str(tmp))
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the folder is an ordinary cache entry
-        if root.exists():
+        built_beside = _read_marker(root)
+        if built_beside is not None and not force:  # another process built the same configuration meanwhile
+            print(f"[data] {data_cfg.name}: re-using {root}, built meanwhile by another run", flush=True)
+            return _prepared(root, built_beside, reused=True)
+        if root.exists():  # --force, or a folder without a marker
             old = root.with_name(f".{root.name}.old-{os.getpid()}")
             os.rename(root, old)
             shutil.rmtree(old)
@@ -123,12 +130,13 @@ def _rows_text(rows: Dict[str, int]) -> str:
     return ", ".join(f"{split} {count} rows" for split, count in rows.items())
 
 
-def load_split(cache_dir: str | Path, name: str, split: str) -> datasets.Dataset:
-    """One split of a prepared dataset."""
-    root = data_root(cache_dir, name)
+def load_split(cache_dir: str | Path, data_cfg: DataConfig, split: str) -> datasets.Dataset:
+    """One split of the dataset prepared for `data_cfg`."""
+    root = data_root(cache_dir, data_cfg)
     marker = _read_marker(root)
     if marker is None:
-        raise DataError(f"no prepared data {name!r} in {root}; run prepare_data (rlkd prepare-data) first")
+        raise DataError(f"no prepared data {data_cfg.name!r} for this configuration in {root}; run "
+                        "prepare_data (rlkd prepare-data) first")
     if split not in marker["rows"]:
         raise DataError(f"{root}: no split {split!r}; it has {', '.join(marker['rows'])}")
     return datasets.load_from_disk(str(root / split))

@@ -25,15 +25,21 @@ from rlkd_ray.engines.base import torch_dtype
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
                    with_entropy: bool = False, entropy_grad: bool = False,
-                   chunk_tokens: int = LearnerConfig.logprob_chunk_tokens):
+                   chunk_tokens: int = LearnerConfig.logprob_chunk_tokens, first: int = 1):
     """log softmax(logits / T) of each token given its prefix, aligned to token positions
     (position 0, which has no prefix, gets 0). The behaviour policy of the engines is the same.
 
-    Only what the loss needs is computed, `chunk_tokens` positions at a time in float32
-    (`sampled_logprobs`, `token_entropy`): no full-vocabulary float32 tensor is built or kept for the
-    backward pass. The entropy (with_entropy) has gradients only with `entropy_grad`."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    logp = torch.nn.functional.pad(sampled_logprobs(logits, input_ids, temperature, chunk_tokens), (1, 0))
+    Only what the loss needs is computed: positions from `first` on (earlier ones get 0; the loss
+    masks them: see `first_scored_position`), so the vocabulary projection and softmax of the prompt
+    are never built; and `chunk_tokens` positions at a time in float32 (`sampled_logprobs`,
+    `token_entropy`): no full-vocabulary float32 tensor is built or kept for the backward pass. The
+    entropy (with_entropy) has gradients only with `entropy_grad`."""
+    first = min(max(1, first), input_ids.shape[1])
+    keep = input_ids.shape[1] - first + 1  # the logits at positions first-1 .. L-1
+    kwargs = {"logits_to_keep": keep} if first > 1 else {}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+    logp = torch.nn.functional.pad(sampled_logprobs(logits, input_ids[:, first - 1:], temperature, chunk_tokens),
+                                   (first, 0))
     if not with_entropy:
         return logp, None
     if entropy_grad:
@@ -41,7 +47,14 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     else:
         with torch.no_grad():
             entropy = token_entropy(logits, temperature, chunk_tokens)
-    return logp, torch.nn.functional.pad(entropy, (1, 0))
+    return logp, torch.nn.functional.pad(entropy, (first, 0))
+
+
+def first_scored_position(loss_mask: torch.Tensor) -> int:
+    """The first position any row of the batch scores (its first completion token): the prompts
+    before it need no log-probs."""
+    scored = loss_mask.ne(0).any(dim=0).nonzero()
+    return int(scored[0]) if len(scored) else loss_mask.shape[1]
 
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -224,9 +237,10 @@ class DeepSpeedPolicy:
         tis = algo.tis or cfg.trainer.max_staleness > 0
 
         def micro_loss(mb: TrainBatch) -> torch.Tensor:
+            first = first_scored_position(mb.loss_mask)
             logp, entropy = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, cfg.rollout.temperature,
                                            with_entropy=True, entropy_grad=algo.entropy_coef != 0,
-                                           chunk_tokens=cfg.learner.logprob_chunk_tokens)
+                                           chunk_tokens=cfg.learner.logprob_chunk_tokens, first=first)
             # One update per batch, as the paper's code: π_old is the learner itself, this forward's
             # log-probs detached (ratio exactly 1, gradient ∇log π; no extra pass, no engine numerics).
             old_logp = logp.detach()
@@ -235,7 +249,8 @@ class DeepSpeedPolicy:
             if self.reference is not None:
                 with torch.no_grad():
                     ref_logp, _ = token_logprobs(self.reference, mb.input_ids, mb.attention_mask,
-                                                 cfg.rollout.temperature, chunk_tokens=cfg.learner.logprob_chunk_tokens)
+                                                 cfg.rollout.temperature, chunk_tokens=cfg.learner.logprob_chunk_tokens,
+                                                 first=first)
             loss, metrics = grpo_loss(
                 logp, old_logp, ref_logp, mb.advantages, mb.loss_mask,
                 clip_eps=algo.clip_eps, kl_beta=algo.kl_beta, kl_estimator=algo.kl_estimator,
@@ -268,7 +283,8 @@ class DeepSpeedPolicy:
 
         def micro_loss(mb: TrainBatch) -> torch.Tensor:
             logp, _ = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, temperature=1.0,
-                                     chunk_tokens=self.cfg.learner.logprob_chunk_tokens)
+                                     chunk_tokens=self.cfg.learner.logprob_chunk_tokens,
+                                     first=first_scored_position(mb.loss_mask))
             loss, metrics = sft_loss(logp, mb.loss_mask, normaliser=total_weight)
             weight, tokens = float(mb.loss_mask.sum().item()), float((mb.loss_mask > 0).sum().item())
             sums["loss_sum"] += metrics["loss"] * weight

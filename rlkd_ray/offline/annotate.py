@@ -277,7 +277,7 @@ def load_traces(cfg: RLKDConfig) -> Tuple[List[Trace], int]:
     from rlkd_ray.data import load_split, prepare_data
 
     prepare_data(cfg.data, cfg.paths.cache_dir)
-    split = load_split(cfg.paths.cache_dir, cfg.data.name, cfg.annotate.split)
+    split = load_split(cfg.paths.cache_dir, cfg.data, cfg.annotate.split)
     if cfg.annotate.limit is not None:
         split = split.select(range(min(cfg.annotate.limit, len(split))))
     traces = [Trace(str(r["id"]), r["problem"], r["teacher_reasoning"]) for r in split

@@ -128,7 +128,7 @@ def teacher_traces(cfg: RLKDConfig, completion_prefix: str) -> List[Example]:
     from rlkd_ray.data import load_split, prepare_data
 
     prepare_data(cfg.data, cfg.paths.cache_dir)
-    rows = load_split(cfg.paths.cache_dir, cfg.data.name, "train")
+    rows = load_split(cfg.paths.cache_dir, cfg.data, "train")
     order = epoch_order(cfg.trainer.seed, 0, len(rows)) if cfg.data.shuffle else range(len(rows))
     examples = [distill_example(str(r["id"]), r["problem"], r["teacher_reasoning"], r["answer"],
                                 cfg.rollout.system_prompt, completion_prefix)

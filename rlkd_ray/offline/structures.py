@@ -79,17 +79,17 @@ def decompose_traces(cfg: RLKDConfig, traces: List[Tuple[str, str, str]]) -> Dic
     return out
 
 
-def store_structures(cache_dir: str | Path, name: str, structures: Dict[str, Structure], info: dict) -> Path:
-    """A new version of the prepared dataset `name` with `teacher_structure` of the train rows in
+def store_structures(root: Path, structures: Dict[str, Structure], info: dict) -> Path:
+    """A new version of the prepared dataset in `root` with `teacher_structure` of the train rows in
     `structures` set (canonical text; None for a structure without steps) and the errors file."""
     import datasets
 
-    from rlkd_ray.data.prepare import MARKER, data_root
+    from rlkd_ray.data.prepare import MARKER
 
-    root = data_root(cache_dir, name)
+    root = Path(root)
     marker_path = root / MARKER
     if not marker_path.is_file():
-        raise FileNotFoundError(f"no prepared data {name!r} in {root}; run `rlkd prepare-data` first")
+        raise FileNotFoundError(f"no prepared data in {root}; run `rlkd prepare-data` first")
     marker = json.loads(marker_path.read_text())
     splits = {split: datasets.load_from_disk(str(root / split)) for split in marker["rows"]}
     train = splits[SPLIT]
@@ -102,7 +102,7 @@ def store_structures(cache_dir: str | Path, name: str, structures: Dict[str, Str
     errors = [{"id": id, "kind": "warning" if s.steps else "failure", "errors": s.errors}
               for id, s in structures.items() if s.errors]
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         datasets.DatasetDict(splits).save_to_disk(str(tmp))
         with open(tmp / ERRORS_FILE, "w", encoding="utf-8") as f:
@@ -126,7 +126,7 @@ def prepare_structures(cfg: RLKDConfig, force: bool = False) -> StructuresSummar
 
     start = time.perf_counter()
     prepared = prepare_data(cfg.data, cfg.paths.cache_dir)
-    rows = load_split(cfg.paths.cache_dir, cfg.data.name, SPLIT)
+    rows = load_split(cfg.paths.cache_dir, cfg.data, SPLIT)
     with_trace = [r for r in rows if (r["teacher_reasoning"] or "").strip()]
     todo = [(str(r["id"]), r["problem"], r["teacher_reasoning"]) for r in with_trace
             if force or not (r["teacher_structure"] or "").strip()]
@@ -137,7 +137,7 @@ def prepare_structures(cfg: RLKDConfig, force: bool = False) -> StructuresSummar
     info = {"gsrm": cfg.model.gsrm, "domain": cfg.reward.domain,
             "decompose_examples": cfg.reward.decompose_examples, "decomposed": len(structures),
             "failures": failures, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    root = store_structures(cfg.paths.cache_dir, cfg.data.name, structures, info) if structures else prepared.root
+    root = store_structures(prepared.root, structures, info) if structures else prepared.root
     return StructuresSummary(
         dataset=str(root), traces=len(with_trace), kept=len(with_trace) - len(todo), decomposed=len(structures),
         failures=failures, with_warnings=sum(bool(s.steps and s.errors) for s in structures.values()),
