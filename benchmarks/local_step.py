@@ -64,20 +64,23 @@ def run_row(args, name: str) -> dict:
             raise SystemExit(f"row {name}: `rlkd train` failed with exit code {proc.returncode}")
         rows = read_metrics(tmp)[args.warmup_steps:]
     print(f"== {name}: {time.perf_counter() - start:.0f} s in all", flush=True)
-    return {"step": [r["time/step"] for r in rows], **{k: [r[f"time/{k}"] for r in rows] for k in STAGES},
-            "reward": [r["reward/total"] for r in rows], "length": [r["response_length"] for r in rows]}
+    times = {k: [r[f"time/{k}"] for r in rows] for k in ("step", *STAGES)}
+    return {"time": times, "reward_total": [r["reward/total"] for r in rows],
+            "length": [r["response_length"] for r in rows]}
 
 
 def summarise(results: dict, base: str = "before") -> list:
     rows = []
     for name, r in results.items():
-        step = _report.mean(r["step"])
-        stages = {k: _report.mean(r[k]) for k in STAGES}
+        t = r["time"]
+        step = _report.mean(t["step"])
+        stages = {k: _report.mean(t[k]) for k in STAGES}
         slowest = max(stages, key=stages.get)
-        speedup = _report.ratio(_report.mean(results[base]["step"]), step) if base in results else None
-        rows.append((name, step, min(r["step"]), max(r["step"]), *(stages[k] for k in STAGES),
+        speedup = _report.ratio(_report.mean(results[base]["time"]["step"]), step) if base in results else None
+        rows.append((name, step, min(t["step"]), max(t["step"]), *(stages[k] for k in STAGES),
                      f"{slowest} ({stages[slowest]:.3g} s)", _report.ratio(step, stages[slowest]),
-                     None if speedup is None else f"{speedup:.2f}x", _report.mean(r["length"])))
+                     None if speedup is None else f"{speedup:.2f}x", _report.mean(r["length"]),
+                     " / ".join(f"{x:.1f}" for x in r["reward_total"])))
     return rows
 
 
@@ -100,7 +103,8 @@ def main(argv=None) -> None:
             f"means of the timed steps' `time/*` metrics. Overrides per row: "
             + "; ".join(f"{n}: `{' '.join(ROWS[n]) or 'none'}`" for n in names) + ".\n\n")
     body = head + _report.table(["row", "s / step", "min", "max", "generate", "reward", "train", "sync",
-                                 "slowest stage", "step / slowest", "vs before", "mean completion tokens"],
+                                 "slowest stage", "step / slowest", "vs before", "mean completion tokens",
+                                 "reward per timed step"],
                                 summarise(results))
     _report.publish(args, "local-step", "A local step: where it goes, what the settings buy", body)
 

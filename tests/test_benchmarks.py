@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 _report = importlib.import_module("_report")
 plan_model = importlib.import_module("plan_model")
 sleep_engines = importlib.import_module("sleep_engines")
+local_step = importlib.import_module("local_step")
 
 
 def test_sections_replace_their_own_text_and_keep_the_rest(tmp_path):
@@ -109,6 +110,19 @@ def test_sleep_learner_checkpoints_commit(tmp_path):
     learner.save(str(staging), {"step": 3})
     assert checkpointing.commit(staging, {"step": 3}) == checkpointing.step_dir(tmp_path, 3)
     assert checkpointing.latest_checkpoint(tmp_path) == checkpointing.step_dir(tmp_path, 3)
+
+
+def test_local_step_rows_keep_stage_times_apart_from_rewards():
+    def run(step, generate, train):
+        return {"time": {"step": [step, step], "generate": [generate] * 2, "reward": [0.05] * 2,
+                         "train": [train] * 2, "sync": [1.0] * 2},
+                "reward_total": [4.0, 6.0], "length": [20, 30]}
+
+    rows = local_step.summarise({"before": run(60.0, 8.0, 50.0), "local": run(30.0, 7.0, 20.0)})
+    name, step, lo, hi, gen, reward, train, sync, slowest, ratio, speedup, length, rewards = rows[1]
+    assert (name, step, gen, reward, train, sync) == ("local", 30.0, 7.0, 0.05, 20.0, 1.0)
+    assert slowest == "train (20 s)" and ratio == 1.5 and speedup == "2.00x" and length == 25
+    assert rewards == "4.0 / 6.0"
 
 
 def test_busy_seconds_clip_intervals_to_the_window(tmp_path):
