@@ -122,7 +122,8 @@ def trl_dataset(cfg, n_groups: int):
     rows = []
     for g in range(n_groups):
         pr = source.group(g // P, g % P).problem
-        rows.append({"prompt": chat_messages(cfg.rollout.system_prompt, pr.problem), "answer": pr.answer,
+        rows.append({"prompt": chat_messages(cfg.rollout.system_prompt, pr.problem, cfg.rollout.examples),
+                     "answer": pr.answer,
                      "problem": pr.problem, "teacher_reasoning": pr.teacher_reasoning,
                      "teacher_structure": pr.teacher_structure or "", "pid": pr.id})
     return Dataset.from_list(rows)

