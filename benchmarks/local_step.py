@@ -2,8 +2,12 @@
 same config, data and shape, run once per setting one after the other (each a fresh process with the
 whole machine). Rows:
 
-  before       learner on 1 thread in float32, rollout engine pinned to core 0 (the earlier defaults)
-  local        conf/local.yaml as shipped: learner on both cores with bf16 autocast, engine on cores 0-1
+  before       learner on 1 thread in float32 over whole rows, rollout engine pinned to core 0 (the
+               earlier defaults)
+  whole-rows   conf/local.yaml as shipped but learner.shared_prompt_pass=false: every row's prompt run
+               again (what the shared prompt pass buys)
+  local        conf/local.yaml as shipped: learner on both cores with bf16 autocast and one pass per
+               distinct prompt, engine on cores 0-1
   staleness-1  conf/local.yaml with trainer.max_staleness=1 (rollouts one policy version ahead)
 
 Per row: seconds per step and per stage (`time/*` of the timed steps), the slowest stage, the step
@@ -30,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 import _report  # noqa: E402
 
 ROWS = {
-    "before": ["learner.cpu_threads=1", "learner.autocast=null", "rollout.engine.cpu_cores=0"],
+    "before": ["learner.cpu_threads=1", "learner.autocast=null", "learner.shared_prompt_pass=false",
+               "rollout.engine.cpu_cores=0"],
+    "whole-rows": ["learner.shared_prompt_pass=false"],
     "local": [],
     "staleness-1": ["trainer.max_staleness=1"],
 }

@@ -77,7 +77,7 @@ def trl_settings(cfg, args) -> dict:
         num_iterations=1, temperature=cfg.rollout.temperature, top_k=0, top_p=cfg.rollout.top_p,
         learning_rate=o.lr, max_grad_norm=o.grad_clip, warmup_steps=o.warmup_ratio,
         lr_scheduler_type="constant_with_warmup", weight_decay=o.weight_decay,
-        adam_beta1=o.betas[0], adam_beta2=o.betas[1], bf16=False, gradient_checkpointing=False, use_cpu=True,
+        adam_beta1=o.betas[0], adam_beta2=o.betas[1], adam_epsilon=o.eps, bf16=False, gradient_checkpointing=False, use_cpu=True,
         max_completion_length=cfg.rollout.max_new_tokens, shuffle_dataset=False,
         max_steps=cfg.trainer.total_steps, logging_steps=1, save_strategy="no", report_to=[],
         seed=cfg.trainer.seed, disable_dropout=True,

@@ -200,6 +200,7 @@ class OptimConfig:
     schedule: str = "constant_with_warmup"  # constant_with_warmup | cosine
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8  # added to Adam's denominator
     grad_clip: float = 0.2  # gradient norm clip
 
 
@@ -218,6 +219,10 @@ class LearnerConfig:
     # (model.dtype float32); for CPUs with bf16 units (AVX-512 BF16 / AMX). None = off.
     autocast: Optional[str] = None
     gradient_checkpointing: bool = False
+    # run each distinct prompt of a micro-batch once (a GRPO group's samples share it) and the completions
+    # on its keys and values: same log-probs and gradients, less work. The student's pass does so only
+    # without gradient_checkpointing (transformers then keeps no key/value cache); the reference's always.
+    shared_prompt_pass: bool = True
     # positions per float32 chunk of the log-softmax / entropy over the vocabulary (bounds its memory)
     logprob_chunk_tokens: int = 512
     # the frozen KL reference: replicated (a full copy on every rank) | sharded (ZeRO-3 over the learner
@@ -596,6 +601,7 @@ def validate_ranges(cfg: RLKDConfig) -> None:
         _check(math.isfinite(optim.lr) and optim.lr > 0, f"{name}.lr", optim.lr, "a finite number > 0")
         _check(0 <= optim.warmup_ratio <= 1, f"{name}.warmup_ratio", optim.warmup_ratio, "in [0, 1]")
         _check(optim.weight_decay >= 0, f"{name}.weight_decay", optim.weight_decay, ">= 0")
+        _check(math.isfinite(optim.eps) and optim.eps > 0, f"{name}.eps", optim.eps, "a finite number > 0")
         _check(optim.grad_clip >= 0, f"{name}.grad_clip", optim.grad_clip, ">= 0 (0: no clipping)")
         _check(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), f"{name}.betas", optim.betas,
                "two numbers in [0, 1)")

@@ -50,6 +50,62 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return logp, torch.nn.functional.pad(entropy, (first, 0))
 
 
+def shared_prompt_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+                           temperature: float, with_entropy: bool = False, entropy_grad: bool = False,
+                           chunk_tokens: int = LearnerConfig.logprob_chunk_tokens):
+    """`token_logprobs` on the completions (the positions `loss_mask` scores, zeros elsewhere), with
+    each distinct prompt of the batch run once: a GRPO group's G samples share one prompt, which is
+    most of each sequence. One forward pass over the distinct prompts (right-padded) keeps their keys
+    and values; they are repeated for each row of the prompt and the completions attend to them in a
+    second pass (their own positions, the prompts' padding masked). The same function of the weights:
+    gradients flow into the prompt pass through the repeated keys and values, summed over the group.
+
+    A row's prompt is everything before its first scored token; a row that scores nothing is all
+    prompt and gets zeros."""
+    rows, width = input_ids.shape
+    lengths = attention_mask.sum(dim=1).tolist()
+    scored = loss_mask.ne(0)
+    starts = [int(scored[i].nonzero()[0]) if scored[i].any() else lengths[i] for i in range(rows)]
+    starts = [max(1, p) for p in starts]  # position 0 has no prefix: it is always prompt
+    prompts: Dict[tuple, int] = {}
+    owner = [prompts.setdefault(tuple(input_ids[i, :starts[i]].tolist()), len(prompts)) for i in range(rows)]
+    device, pad = input_ids.device, 0
+    p_len = torch.tensor([len(p) for p in prompts], device=device)
+    prompt_ids = torch.full((len(prompts), int(p_len.max())), pad, dtype=input_ids.dtype, device=device)
+    for u, p in enumerate(prompts):
+        prompt_ids[u, :len(p)] = torch.tensor(p, dtype=input_ids.dtype)
+    prompt_mask = (torch.arange(prompt_ids.shape[1], device=device) < p_len[:, None]).long()
+    last = torch.unique(p_len - 1)  # the prompts' last positions: they predict the first completion token
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=last)
+    owner_t = torch.tensor(owner, device=device)
+    first_logits = out.logits[owner_t, torch.searchsorted(last, p_len[owner_t] - 1)][:, None]  # [rows, 1, V]
+    cache = out.past_key_values
+    cache.batch_select_indices(owner_t)  # each row gets its prompt's keys and values
+
+    c_len = torch.tensor([n - p for n, p in zip(lengths, starts)], device=device).clamp(min=0)
+    steps = torch.arange(max(int(c_len.max()), 1), device=device)
+    c_mask = (steps < c_len[:, None]).long()
+    index = (torch.tensor(starts, device=device)[:, None] + steps).clamp(max=width - 1)
+    c_ids = input_ids.gather(1, index) * c_mask + pad * (1 - c_mask)
+    logits = model(input_ids=c_ids, attention_mask=torch.cat([prompt_mask[owner_t], c_mask], dim=1),
+                   position_ids=torch.tensor(starts, device=device)[:, None] + steps, past_key_values=cache).logits
+    logits = torch.cat([first_logits.to(logits.dtype), logits], dim=1)  # [rows, C + 1, V] predicting C tokens
+    targets = torch.cat([c_ids[:, :1], c_ids], dim=1)  # position 0 is the prompt's last: never a target
+
+    def placed(values: torch.Tensor) -> torch.Tensor:
+        """[rows, C] values of completion tokens -> [rows, width] at their positions, zeros elsewhere."""
+        full = values.new_zeros(rows, width + len(steps))
+        return full.scatter(1, torch.tensor(starts, device=device)[:, None] + steps, values * c_mask)[:, :width]
+
+    logp = placed(sampled_logprobs(logits, targets, temperature, chunk_tokens))
+    if not with_entropy:
+        return logp, None
+    if entropy_grad:
+        return logp, placed(token_entropy(logits, temperature, chunk_tokens))
+    with torch.no_grad():
+        return logp, placed(token_entropy(logits, temperature, chunk_tokens))
+
+
 def first_scored_position(loss_mask: torch.Tensor) -> int:
     """The first position any row of the batch scores (its first completion token): the prompts
     before it need no log-probs."""
@@ -197,7 +253,7 @@ class DeepSpeedPolicy:
             model.gradient_checkpointing_enable()
         self.tokenizer = AutoTokenizer.from_pretrained(student_path)
         optim = cfg.learner.optim
-        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                       weight_decay=optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(cfg.trainer.total_steps, optim.warmup_ratio, optim.schedule))
@@ -236,11 +292,20 @@ class DeepSpeedPolicy:
         sums: Dict[str, float] = {"tokens": 0.0}
         tis = algo.tis or cfg.trainer.max_staleness > 0
 
+        def logprobs(model, mb: TrainBatch, shared: bool, **kw):
+            if shared:  # each distinct prompt once (a group's samples share it)
+                return shared_prompt_logprobs(model, mb.input_ids, mb.attention_mask, mb.loss_mask,
+                                              cfg.rollout.temperature, chunk_tokens=cfg.learner.logprob_chunk_tokens, **kw)
+            return token_logprobs(model, mb.input_ids, mb.attention_mask, cfg.rollout.temperature,
+                                  chunk_tokens=cfg.learner.logprob_chunk_tokens,
+                                  first=first_scored_position(mb.loss_mask), **kw)
+
+        # transformers keeps no key/value cache under gradient checkpointing: the student then runs whole rows
+        shared_student = cfg.learner.shared_prompt_pass and not cfg.learner.gradient_checkpointing
+
         def micro_loss(mb: TrainBatch) -> torch.Tensor:
-            first = first_scored_position(mb.loss_mask)
-            logp, entropy = token_logprobs(self.engine, mb.input_ids, mb.attention_mask, cfg.rollout.temperature,
-                                           with_entropy=True, entropy_grad=algo.entropy_coef != 0,
-                                           chunk_tokens=cfg.learner.logprob_chunk_tokens, first=first)
+            logp, entropy = logprobs(self.engine, mb, shared_student, with_entropy=True,
+                                     entropy_grad=algo.entropy_coef != 0)
             # One update per batch, as the paper's code: π_old is the learner itself, this forward's
             # log-probs detached (ratio exactly 1, gradient ∇log π; no extra pass, no engine numerics).
             old_logp = logp.detach()
@@ -248,9 +313,7 @@ class DeepSpeedPolicy:
             ref_logp = None
             if self.reference is not None:
                 with torch.no_grad():
-                    ref_logp, _ = token_logprobs(self.reference, mb.input_ids, mb.attention_mask,
-                                                 cfg.rollout.temperature, chunk_tokens=cfg.learner.logprob_chunk_tokens,
-                                                 first=first)
+                    ref_logp, _ = logprobs(self.reference, mb, cfg.learner.shared_prompt_pass)
             loss, metrics = grpo_loss(
                 logp, old_logp, ref_logp, mb.advantages, mb.loss_mask,
                 clip_eps=algo.clip_eps, kl_beta=algo.kl_beta, kl_estimator=algo.kl_estimator,
