@@ -69,9 +69,9 @@ def shared_prompt_logprobs(model, input_ids: torch.Tensor, attention_mask: torch
     starts = [max(1, p) for p in starts]  # position 0 has no prefix: it is always prompt
     prompts: Dict[tuple, int] = {}
     owner = [prompts.setdefault(tuple(input_ids[i, :starts[i]].tolist()), len(prompts)) for i in range(rows)]
-    device, pad = input_ids.device, 0
+    device = input_ids.device
     p_len = torch.tensor([len(p) for p in prompts], device=device)
-    prompt_ids = torch.full((len(prompts), int(p_len.max())), pad, dtype=input_ids.dtype, device=device)
+    prompt_ids = torch.zeros((len(prompts), int(p_len.max())), dtype=input_ids.dtype, device=device)  # 0: padding
     for u, p in enumerate(prompts):
         prompt_ids[u, :len(p)] = torch.tensor(p, dtype=input_ids.dtype)
     prompt_mask = (torch.arange(prompt_ids.shape[1], device=device) < p_len[:, None]).long()
@@ -86,7 +86,7 @@ def shared_prompt_logprobs(model, input_ids: torch.Tensor, attention_mask: torch
     steps = torch.arange(max(int(c_len.max()), 1), device=device)
     c_mask = (steps < c_len[:, None]).long()
     index = (torch.tensor(starts, device=device)[:, None] + steps).clamp(max=width - 1)
-    c_ids = input_ids.gather(1, index) * c_mask + pad * (1 - c_mask)
+    c_ids = input_ids.gather(1, index) * c_mask  # 0: padding, masked
     logits = model(input_ids=c_ids, attention_mask=torch.cat([prompt_mask[owner_t], c_mask], dim=1),
                    position_ids=torch.tensor(starts, device=device)[:, None] + steps, past_key_values=cache).logits
     logits = torch.cat([first_logits.to(logits.dtype), logits], dim=1)  # [rows, C + 1, V] predicting C tokens
