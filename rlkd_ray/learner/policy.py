@@ -85,17 +85,17 @@ def shared_prompt_logprobs(model, input_ids: torch.Tensor, attention_mask: torch
     c_len = torch.tensor([n - p for n, p in zip(lengths, starts)], device=device).clamp(min=0)
     steps = torch.arange(max(int(c_len.max()), 1), device=device)
     c_mask = (steps < c_len[:, None]).long()
-    index = (torch.tensor(starts, device=device)[:, None] + steps).clamp(max=width - 1)
-    c_ids = input_ids.gather(1, index) * c_mask  # 0: padding, masked
+    positions = torch.tensor(starts, device=device)[:, None] + steps  # of the completion tokens in the rows
+    c_ids = input_ids.gather(1, positions.clamp(max=width - 1)) * c_mask  # 0: padding, masked
     logits = model(input_ids=c_ids, attention_mask=torch.cat([prompt_mask[owner_t], c_mask], dim=1),
-                   position_ids=torch.tensor(starts, device=device)[:, None] + steps, past_key_values=cache).logits
+                   position_ids=positions, past_key_values=cache).logits
     logits = torch.cat([first_logits.to(logits.dtype), logits], dim=1)  # [rows, C + 1, V] predicting C tokens
     targets = torch.cat([c_ids[:, :1], c_ids], dim=1)  # position 0 is the prompt's last: never a target
 
     def placed(values: torch.Tensor) -> torch.Tensor:
         """[rows, C] values of completion tokens -> [rows, width] at their positions, zeros elsewhere."""
         full = values.new_zeros(rows, width + len(steps))
-        return full.scatter(1, torch.tensor(starts, device=device)[:, None] + steps, values * c_mask)[:, :width]
+        return full.scatter(1, positions, values * c_mask)[:, :width]
 
     logp = placed(sampled_logprobs(logits, targets, temperature, chunk_tokens))
     if not with_entropy:
