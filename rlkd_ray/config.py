@@ -240,6 +240,7 @@ class TrainerConfig:
     max_staleness: int = 0  # policy versions rollouts may run ahead of the learner; 0 = strict on-policy
     seed: int = 42  # data order and every sampling seed follow from it
     save_every: int = 50  # checkpoint every this many steps (and at the end)
+    keep_checkpoints: Optional[int] = None  # newest checkpoints kept, older ones deleted at each save; None = all
     sample_log_every: int = 10  # write samples to samples.jsonl every this many steps
     num_logged_samples: int = 4  # samples written each time
     resume: bool = False  # continue the run in paths.run_dir from its newest complete checkpoint
@@ -605,6 +606,8 @@ def validate_ranges(cfg: RLKDConfig) -> None:
         _check(optim.grad_clip >= 0, f"{name}.grad_clip", optim.grad_clip, ">= 0 (0: no clipping)")
         _check(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), f"{name}.betas", optim.betas,
                "two numbers in [0, 1)")
+    _check(t.keep_checkpoints is None or t.keep_checkpoints >= 1, "trainer.keep_checkpoints", t.keep_checkpoints,
+           ">= 1, or null to keep every checkpoint")
     _check(math.isfinite(r.temperature) and r.temperature >= 0, "rollout.temperature", r.temperature, ">= 0")
     if r.temperature == 0 and r.group_size > 1:
         raise ConfigError(f"'rollout.temperature' is 0 (greedy) with rollout.group_size={r.group_size}: the "

@@ -151,6 +151,7 @@ BAD_CONFIG = [  # (overrides, the key the error names, a phrase of the message)
     (["trainer.prompts_per_step=3", "learner.world_size=2"], "learner.micro_batch_size x learner.world_size",
      "must be a multiple"),
     (["trainer.save_every=0"], "trainer.save_every", ">= 1"),
+    (["trainer.keep_checkpoints=0"], "trainer.keep_checkpoints", ">= 1, or null"),
     (["trainer.total_steps=-3"], "trainer.total_steps", ">= 1"),
     (["algo.clip_eps=0"], "algo.clip_eps", "> 0"),
     (["algo.kl_beta=-0.1"], "algo.kl_beta", ">= 0"),

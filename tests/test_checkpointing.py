@@ -77,6 +77,20 @@ def test_a_corrupt_checkpoint_is_named_and_the_previous_one_used(tmp_path, damag
                     lost="the steps after the previous checkpoint (trained again)")
 
 
+def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
+    for step in (2, 4, 6, 8):
+        save(tmp_path, step)
+    (checkpointing.step_dir(tmp_path, 6) / checkpointing.STATE_FILE).unlink()  # corrupt: not one of the kept
+    later = save(tmp_path, 12)  # left by an attempt that resumed from step 8: kept
+    newest = save(tmp_path, 10)
+    deleted = checkpointing.prune(newest, keep=2)
+    assert deleted == [checkpointing.step_dir(tmp_path, s) for s in (2, 4, 6)]
+    left = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert left == ["step_000008", "step_000010", later.name]
+    assert checkpointing.prune(newest, keep=1) == [checkpointing.step_dir(tmp_path, 8)]
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000010"
+
+
 def test_no_checkpoint(tmp_path):
     assert checkpointing.latest_checkpoint(tmp_path) is None
 

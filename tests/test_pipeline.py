@@ -121,15 +121,16 @@ def test_train_two_steps_sync_checkpoint_and_resume(ray_cluster, cache_dir, stud
         assert {"per_step", "judgements", "student_steps_parsed", "teacher_steps_parsed"} <= set(s["structure"])
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
-    # Resume: one more step from the latest checkpoint.
-    cfg3 = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=3", "trainer.resume=true", *common,
-                   backend=backend)
+    # Resume: one more step from the latest checkpoint, which is the one checkpoint kept after it.
+    cfg3 = run_cfg(tmp_path / "run", cache_dir, "trainer.total_steps=3", "trainer.resume=true",
+                   "trainer.keep_checkpoints=1", *common, backend=backend)
     with Driver(cfg3) as driver:
         assert driver.run()["steps"] == 3
     metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "version" in m]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["version"] == 3
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_000003"
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")] == ["step_000003"]
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoints" / "step_000003" / "hf")
 
 

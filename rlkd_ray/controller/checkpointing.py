@@ -7,7 +7,8 @@ Atomic: the learner writes into `step_NNNNNN.partial/`; once its part is there t
 written last, the folder is renamed to `step_NNNNNN/`, and only then does `latest` move to it. A kill at
 any point leaves either the previous checkpoints untouched or a `.partial` folder that resume ignores.
 At resume a checkpoint whose files do not match its manifest is named and skipped for the newest
-complete one before it."""
+complete one before it. With `trainer.keep_checkpoints` = K, each save deletes the checkpoints of earlier
+steps but the K-1 newest complete ones: the run folder holds at most K of them."""
 
 from __future__ import annotations
 
@@ -87,6 +88,21 @@ def latest_checkpoint(run_dir: str | Path, warn: Callable[[str], None] = print) 
             return ckpt
         warn(f"checkpoint {ckpt} is incomplete or corrupt ({what}); trying the one before it")
     return None
+
+
+def prune(saved: Path, keep: int) -> list[Path]:
+    """After `saved` is committed: delete the checkpoints of earlier steps but the `keep - 1` newest
+    complete ones (incomplete ones among them go too). Later steps' folders, left by an attempt that
+    resumed before them, are kept (the next save of their step replaces them). Returns what was deleted."""
+    saved_step = int(_STEP_DIR.fullmatch(saved.name).group(1))
+    earlier = sorted((int(m.group(1)), p) for p in saved.parent.glob("step_*")
+                     if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir() and int(m.group(1)) < saved_step)
+    complete = [p for _, p in reversed(earlier) if problem(p) is None]
+    kept = set(complete[:keep - 1])
+    deleted = [p for _, p in earlier if p not in kept]
+    for path in deleted:
+        shutil.rmtree(path)
+    return deleted
 
 
 def read_state(ckpt: Path) -> dict:

@@ -419,8 +419,11 @@ class Driver:
                  "data_position": self.step * t.prompts_per_step}
         staging = checkpointing.staging_dir(self.run_dir, self.step)
         self.learner.save(str(staging), state)
-        self.stop.checkpoint = str(checkpointing.commit(staging, state))
+        saved = checkpointing.commit(staging, state)
+        self.stop.checkpoint = str(saved)
         self.saved_step = self.step
+        if t.keep_checkpoints is not None:
+            checkpointing.prune(saved, t.keep_checkpoints)
 
     def drop_logged_after(self, step: int) -> int:
         """Forget the metrics, samples and in-training evals of steps after `step` (logged by an
