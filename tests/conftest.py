@@ -18,6 +18,19 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 CACHE_DIR = os.path.expanduser(os.environ.get("RLKD_TEST_CACHE", "~/.cache/rlkd"))
 
 
+def pytest_report_header(config):
+    """Free disk and memory at the start: a CI log that ends in errors shows whether they ran out."""
+    import shutil
+    import tempfile
+
+    gib = 2**30
+    tmp = tempfile.gettempdir()
+    with open("/proc/meminfo") as f:
+        memory = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) * 1024 / gib
+    return (f"free: {shutil.disk_usage(tmp).free / gib:.1f} GiB disk under {tmp} (the largest end-to-end test "
+            f"writes 4.1 GiB there), {memory:.1f} GiB memory available")
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> str:
     return CACHE_DIR
