@@ -79,10 +79,7 @@ def problem(ckpt: Path) -> Optional[str]:
 def latest_checkpoint(run_dir: str | Path, warn: Callable[[str], None] = print) -> Optional[Path]:
     """The newest complete checkpoint of the run, or None. Each newer one that is incomplete or
     corrupt is named through `warn` with what is wrong."""
-    root = Path(run_dir) / "checkpoints"
-    steps = sorted((int(m.group(1)), p) for p in root.glob("step_*")
-                   if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir()) if root.is_dir() else []
-    for _, ckpt in reversed(steps):
+    for _, ckpt in reversed(_step_folders(Path(run_dir) / "checkpoints")):
         what = problem(ckpt)
         if what is None:
             return ckpt
@@ -95,14 +92,20 @@ def prune(saved: Path, keep: int) -> list[Path]:
     complete ones (incomplete ones among them go too). Later steps' folders, left by an attempt that
     resumed before them, are kept (the next save of their step replaces them). Returns what was deleted."""
     saved_step = int(_STEP_DIR.fullmatch(saved.name).group(1))
-    earlier = sorted((int(m.group(1)), p) for p in saved.parent.glob("step_*")
-                     if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir() and int(m.group(1)) < saved_step)
+    earlier = [(step, p) for step, p in _step_folders(saved.parent) if step < saved_step]
     complete = [p for _, p in reversed(earlier) if problem(p) is None]
     kept = set(complete[:keep - 1])
     deleted = [p for _, p in earlier if p not in kept]
     for path in deleted:
         shutil.rmtree(path)
     return deleted
+
+
+def _step_folders(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every `step_NNNNNN/` under `root`, by step."""
+    if not root.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in root.glob("step_*") if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir())
 
 
 def read_state(ckpt: Path) -> dict:

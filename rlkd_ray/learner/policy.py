@@ -42,12 +42,15 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                    (first, 0))
     if not with_entropy:
         return logp, None
-    if entropy_grad:
-        entropy = token_entropy(logits, temperature, chunk_tokens)
-    else:
-        with torch.no_grad():
-            entropy = token_entropy(logits, temperature, chunk_tokens)
-    return logp, torch.nn.functional.pad(entropy, (first, 0))
+    return logp, torch.nn.functional.pad(entropy_with_grad(logits, temperature, chunk_tokens, entropy_grad), (first, 0))
+
+
+def entropy_with_grad(logits: torch.Tensor, temperature: float, chunk_tokens: int, grad: bool) -> torch.Tensor:
+    """`token_entropy`, with gradients only when `grad` (the entropy bonus is on)."""
+    if grad:
+        return token_entropy(logits, temperature, chunk_tokens)
+    with torch.no_grad():
+        return token_entropy(logits, temperature, chunk_tokens)
 
 
 def shared_prompt_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
@@ -100,10 +103,7 @@ def shared_prompt_logprobs(model, input_ids: torch.Tensor, attention_mask: torch
     logp = placed(sampled_logprobs(logits, targets, temperature, chunk_tokens))
     if not with_entropy:
         return logp, None
-    if entropy_grad:
-        return logp, placed(token_entropy(logits, temperature, chunk_tokens))
-    with torch.no_grad():
-        return logp, placed(token_entropy(logits, temperature, chunk_tokens))
+    return logp, placed(entropy_with_grad(logits, temperature, chunk_tokens, entropy_grad))
 
 
 def first_scored_position(loss_mask: torch.Tensor) -> int:
